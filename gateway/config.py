@@ -1,0 +1,146 @@
+"""The configuration schema: pydantic models for the YAML file the platform team writes.
+
+Models are frozen and reject unknown keys. Durations carry their unit in the key (`_s`, `_ms`).
+Checks that span several fields (unique names, one stable backend) live in `semantic_errors`, so
+every problem is reported with its own key path instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Listen(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    # httptools itself puts no limit on headers; these bound what the gateway accepts (431 past them).
+    max_header_count: int = Field(100, gt=0)
+    max_header_bytes: int = Field(32 * 1024, gt=0)
+    # Peers whose X-Forwarded-For / -Proto are believed; everyone else's are replaced.
+    trusted_proxies: list[str] = []
+    keepalive_s: PositiveSeconds = 5.0
+    drain_s: PositiveSeconds = 10.0  # how long SIGTERM waits for in-flight requests
+
+
+class Admin(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+    token: str | None = None
+    audit_log: str | None = None
+
+
+class State(Model):
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class Upstream(Model):
+    """The shared upstream HTTP client pool."""
+
+    client: Literal["aiohttp", "httpx", "httpx-aiohttp"] = "aiohttp"
+    max_connections: int = Field(1024, gt=0)
+    max_connections_per_backend: int = Field(256, gt=0)
+    keepalive_s: PositiveSeconds = 30.0
+
+
+class Timeouts(Model):
+    connect_s: PositiveSeconds = 1.0
+    first_byte_s: PositiveSeconds = 5.0  # until the response headers (or a stream's first event)
+    idle_s: PositiveSeconds = 10.0  # longest silence between body bytes
+    attempt_s: PositiveSeconds = 10.0
+    request_s: PositiveSeconds = 30.0  # all attempts included
+
+
+class Price(Model):
+    input_per_1k_tokens: float = Field(0.0, ge=0)
+    output_per_1k_tokens: float = Field(0.0, ge=0)
+    per_second: float = Field(0.0, ge=0)
+    per_request: float = Field(0.0, ge=0)
+
+
+class Backend(Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    model: str | None = None  # rewrites the body's "model" for this backend
+    stable: bool = False
+    weight: float = Field(100.0, ge=0)
+    headers: dict[str, str] = {}
+    price: Price | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+
+class Match(Model):
+    path: str = Field(pattern=r"^/")  # a path prefix, matched on segment boundaries
+    model: str | None = None  # the JSON body's "model"
+
+
+class Contract(Model):
+    request: str | None = None
+    response: str | None = None
+    apply_defaults: bool = False
+
+
+class Route(Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    owner: str | None = None
+    match: Match
+    backends: list[Backend] = Field(min_length=1)
+    contract: Contract | None = None
+    timeouts: Timeouts = Timeouts()
+    error_format: Literal["problem", "openai"] = "problem"
+
+
+class GatewayConfig(Model):
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    state: State = State()
+    upstream: Upstream = Upstream()
+    routes: list[Route] = []
+
+
+def semantic_errors(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Cross-field problems as (key path, message) pairs; empty when the config is coherent."""
+    problems: list[tuple[str, str]] = []
+    seen_routes: dict[str, int] = {}
+    seen_matches: dict[tuple[str, str | None], int] = {}
+    for i, route in enumerate(config.routes):
+        where = f"routes[{i}]"
+        key = (route.match.path.rstrip("/") or "/", route.match.model)
+        if key in seen_matches:
+            problems.append((f"{where}.match", f"same match as routes[{seen_matches[key]}]: it would never be used"))
+        seen_matches.setdefault(key, i)
+        if route.name in seen_routes:
+            problems.append(
+                (f"{where}.name", f"duplicate route name {route.name!r} (also routes[{seen_routes[route.name]}])")
+            )
+        seen_routes.setdefault(route.name, i)
+        seen_backends: set[str] = set()
+        for j, backend in enumerate(route.backends):
+            if backend.name in seen_backends:
+                problems.append((f"{where}.backends[{j}].name", f"duplicate backend name {backend.name!r}"))
+            seen_backends.add(backend.name)
+        stables = [j for j, b in enumerate(route.backends) if b.stable]
+        if len(stables) > 1:
+            problems.append((f"{where}.backends[{stables[1]}].stable", "only one backend of a route can be stable"))
+        if sum(b.weight for b in route.backends) <= 0:
+            problems.append((f"{where}.backends", "at least one backend needs a weight above 0"))
+    return problems

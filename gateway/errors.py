@@ -1,0 +1,179 @@
+"""Errors the gateway itself answers with, and how they are rendered.
+
+The HTTP meaning lives on the class, so a stage raises and the edge renders::
+
+    GatewayError                 500  internal_error
+    ├── BadRequest               400  invalid_request     unparseable body, ambiguous request
+    ├── Unauthorized             401  unauthorized
+    ├── NoRoute                  404  not_found
+    ├── BodyTooLarge             413  payload_too_large
+    ├── ContractViolation        422  contract_violation  .errors lists every failing field
+    ├── HeadersTooLarge          431  headers_too_large
+    └── UpstreamError            502  upstream_error      .backend
+        ├── UpstreamConnectError 502  retryable           connection refused or reset before headers
+        ├── UpstreamBadResponse  502                      response broke its contract
+        ├── UpstreamTimeout      504  retryable           connect, first byte or deadline passed
+        └── UpstreamsExhausted   last error's status      .errors keeps every attempt's error
+
+Bodies are RFC 9457 ``application/problem+json``, or the OpenAI error object for routes with
+``error_format: openai``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import orjson
+
+ErrorFormat = Literal["problem", "openai"]
+
+PROBLEM_TYPE_BASE = "https://inference-gateway.dev/problems/"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One failing field: an RFC 6901 pointer into the request (or a header name) and why."""
+
+    pointer: str
+    message: str
+
+
+class GatewayError(Exception):
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal gateway error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or []
+
+    @property
+    def status(self) -> int:
+        return self.status_code
+
+
+class BadRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request"
+    title = "Bad request"
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+    error_type = "unauthorized"
+    title = "Unauthorized"
+
+
+class NoRoute(GatewayError):
+    status_code = 404
+    error_type = "not_found"
+    title = "No route matches"
+
+
+class BodyTooLarge(GatewayError):
+    status_code = 413
+    error_type = "payload_too_large"
+    title = "Request body too large"
+
+
+class ContractViolation(GatewayError):
+    status_code = 422
+    error_type = "contract_violation"
+    title = "Request violates the route's contract"
+
+
+class HeadersTooLarge(GatewayError):
+    status_code = 431
+    error_type = "headers_too_large"
+    title = "Request header fields too large"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    error_type = "upstream_error"
+    title = "Upstream failed"
+    reason: ClassVar[str] = "status_5xx"  # the fallback reason this failure counts as
+
+    def __init__(self, detail: str, *, backend: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail, errors=errors)
+        self.backend = backend
+
+
+class UpstreamConnectError(UpstreamError):
+    title = "Upstream unreachable"
+    retryable = True
+    reason = "connect"
+
+
+class UpstreamBadResponse(UpstreamError):
+    title = "Upstream answered with an invalid response"
+    reason = "contract"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    error_type = "timeout"
+    title = "Upstream timed out"
+    retryable = True
+    reason = "timeout"
+
+
+class UpstreamsExhausted(UpstreamError):
+    """Every attempt failed; keeps each attempt's error and answers with the last one's status."""
+
+    def __init__(self, errors: list[UpstreamError]) -> None:
+        last = errors[-1]
+        tried = ", ".join(f"{e.backend}: {e.detail}" for e in errors)
+        super().__init__(f"all {len(errors)} attempts failed ({tried})", backend=last.backend)
+        self.attempt_errors = errors
+
+    @property
+    def status(self) -> int:
+        return self.attempt_errors[-1].status
+
+
+def render_error(
+    error: GatewayError, request_id: str, error_format: ErrorFormat = "problem"
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body for an error the gateway answers itself."""
+    status = error.status
+    if error_format == "openai":
+        first = error.errors[0] if error.errors else None
+        message = error.detail
+        if error.errors:
+            message += ": " + "; ".join(f"{e.pointer or '/'}: {e.message}" for e in error.errors)
+        body = orjson.dumps(
+            {
+                "error": {
+                    "message": message,
+                    "type": error.error_type,
+                    "code": error.error_type,
+                    "param": first.pointer if first else None,
+                }
+            }
+        )
+        content_type = b"application/json"
+    else:
+        problem: dict[str, object] = {
+            "type": PROBLEM_TYPE_BASE + error.error_type,
+            "title": error.title,
+            "status": status,
+            "detail": error.detail,
+            "request_id": request_id,
+        }
+        if error.errors:
+            problem["errors"] = [{"pointer": e.pointer, "message": e.message} for e in error.errors]
+        body = orjson.dumps(problem)
+        content_type = b"application/problem+json"
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *error.headers]
+    return status, headers, body

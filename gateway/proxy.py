@@ -1,0 +1,238 @@
+"""The data-plane ASGI app: read and vet the request, run the pipeline, write the reply.
+
+This is the hot path, written as plain ASGI (no framework request objects): every request pays
+for what happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.context import Reply, RequestContext
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ErrorFormat,
+    FieldError,
+    GatewayError,
+    HeadersTooLarge,
+    UpstreamError,
+    render_error,
+)
+from gateway.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime, RuntimeHolder
+
+log = logging.getLogger("gateway")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+_JSON_TYPES = (b"application/json", b"+json")
+_HEALTH = frozenset({"/healthz", "/readyz"})
+
+
+class DataPlane:
+    """ASGI entry point of the data port."""
+
+    def __init__(self, holder: RuntimeHolder, tasks: TaskSet) -> None:
+        self._holder = holder
+        self._tasks = tasks
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # uvicorn runs with lifespan="off"; websockets are not proxied
+            return
+        runtime = self._holder.current  # in-flight requests finish on the config they started with
+        received_at = time.perf_counter()
+        request_id = _request_id(scope["headers"])
+        if scope["path"] in _HEALTH and scope["method"] == "GET":
+            await self._holder.health.answer(scope["path"], send)
+            return
+        ctx: RequestContext | None = None
+        try:
+            ctx = await _read_request(scope, receive, runtime, request_id, received_at)
+            reply = await runtime.handle(ctx)
+        except GatewayError as exc:
+            error_format: ErrorFormat = ctx.route.error_format if ctx is not None and ctx.has_route else "problem"
+            await _send_error(send, exc, request_id, error_format)
+            return
+        except Exception:
+            log.exception("unhandled error on request %s", request_id)
+            await _send_error(send, GatewayError("the gateway failed to handle this request"), request_id, "problem")
+            return
+        await _write(ctx, reply, send, receive, self._tasks)
+
+
+async def _read_request(
+    scope: Scope, receive: Any, runtime: Runtime, request_id: str, received_at: float
+) -> RequestContext:
+    limits = runtime.config.listen
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    _vet_headers(headers, limits.max_header_count, limits.max_header_bytes)
+    path: str = scope["path"]
+    _vet_path(path)
+    client = scope.get("client")
+    ctx = RequestContext(
+        request_id=request_id,
+        received_at=received_at,
+        method=scope["method"],
+        path=path,
+        raw_path=scope.get("raw_path") or path.encode(),
+        query=scope["query_string"],
+        headers=headers,
+        client_ip=client[0] if client else "",
+        scheme=scope["scheme"],
+    )
+    content_type = ctx.header(b"content-type")
+    ctx.body = await _read_body(receive, ctx.header(b"content-length"), limits.max_body_bytes)
+    if ctx.body and (content_type is None or any(t in content_type for t in _JSON_TYPES)):
+        ctx.document = _parse_json(ctx.body)
+    return ctx
+
+
+def _vet_headers(headers: list[tuple[bytes, bytes]], max_count: int, max_bytes: int) -> None:
+    # httptools enforces no header limits; uvicorn hands us whatever arrived.
+    if len(headers) > max_count:
+        raise HeadersTooLarge(f"{len(headers)} header fields; the limit is {max_count}")
+    size = 0
+    hosts = 0
+    for key, value in headers:
+        size += len(key) + len(value) + 4
+        if key == b"host":
+            hosts += 1
+    if size > max_bytes:
+        raise HeadersTooLarge(f"{size} bytes of header fields; the limit is {max_bytes}")
+    if hosts > 1:
+        raise BadRequest("more than one Host header", errors=[FieldError("host", "must appear once")])
+
+
+def _vet_path(path: str) -> None:
+    # The path arrives percent-decoded, so "%2e%2e" shows up here as "..".
+    if "." in path:
+        for segment in path.split("/"):
+            if segment in (".", ".."):
+                raise BadRequest(
+                    "the path contains a dot-segment",
+                    errors=[FieldError("path", "'.' and '..' segments are ambiguous")],
+                )
+
+
+async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if length > limit:
+            raise BodyTooLarge(f"the body is {length} bytes; the limit is {limit}", headers=[(b"connection", b"close")])
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body exceeds the limit of {limit} bytes", headers=[(b"connection", b"close")])
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _parse_json(body: bytes) -> Any:
+    # orjson rejects NaN/Infinity, numbers that overflow a double and nesting past 1024 levels,
+    # all as JSONDecodeError: none of them can reach a backend or turn into a 500.
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("the body is not valid JSON", errors=[FieldError("", str(exc))]) from None
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's x-request-id when it is a sane token (visible ASCII, at most 128 bytes), else a new one."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            if 0 < len(value) <= 128 and all(33 <= c <= 126 for c in value):
+                return value.decode()
+            break
+    return uuid.uuid4().hex
+
+
+async def _send_error(send: Any, error: GatewayError, request_id: str, error_format: ErrorFormat) -> None:
+    status, headers, body = render_error(error, request_id, error_format)
+    headers.append((b"x-request-id", request_id.encode()))
+    if isinstance(error, UpstreamError):
+        headers.append((b"x-gateway-backend", error.backend.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _write(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tasks: TaskSet) -> None:
+    headers = reply.headers
+    headers.append((b"x-request-id", ctx.request_id.encode()))
+    if ctx.has_route:
+        headers.append((b"x-gateway-route", ctx.route.name_header))
+    if reply.backend is not None:
+        headers.append((b"x-gateway-backend", reply.backend.name.encode()))
+    if ctx.attempts:
+        headers.append((b"x-gateway-attempts", str(len(ctx.attempts)).encode()))
+        headers.append((b"server-timing", _server_timing(ctx)))
+    if reply.stream is None:
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+    else:
+        await _stream(ctx, reply, send, receive, tasks)
+    for callback in ctx.after_response:
+        callback()
+
+
+async def _stream(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tasks: TaskSet) -> None:
+    """Pass the body on chunk by chunk; stop pulling from the upstream as soon as the client leaves."""
+    assert reply.stream is not None
+    streaming = asyncio.current_task()
+    assert streaming is not None
+    watcher = tasks.spawn(_cancel_on_disconnect(receive, streaming), name=f"disconnect-watch {ctx.request_id}")
+    try:
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        async for chunk in reply.stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except UpstreamError as exc:
+        # Bytes already reached the client: ending without the final chunk tells it the body is incomplete.
+        log.warning("request %s: upstream %s broke mid-body: %s", ctx.request_id, exc.backend, exc.detail)
+    except asyncio.CancelledError:
+        if not watcher.done():
+            raise
+        streaming.uncancel()
+        log.info("request %s: client disconnected mid-stream", ctx.request_id)
+    finally:
+        watcher.cancel()
+        if reply.upstream is not None:
+            await reply.upstream.aclose()
+
+
+async def _cancel_on_disconnect(receive: Any, task: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
+
+
+def _server_timing(ctx: RequestContext) -> bytes:
+    now = time.perf_counter()
+    last = ctx.attempts[-1]
+    upstream_ms = ((last.headers_at or now) - last.started_at) * 1000
+    gateway_ms = (now - ctx.received_at) * 1000 - upstream_ms
+    return f"gateway;dur={gateway_ms:.2f}, upstream;dur={upstream_ms:.2f}".encode()
