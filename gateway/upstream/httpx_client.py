@@ -26,6 +26,9 @@ class HttpxResponse:
         self.headers: Headers = list(response.headers.raw)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if self._response.is_stream_consumed:  # a response built from bytes (MockTransport) is read already
+            yield self._response.content
+            return
         try:
             async for chunk in self._response.aiter_raw():
                 yield chunk
