@@ -26,6 +26,7 @@ class Proc:
 
     popen: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @classmethod
     def start(
@@ -53,7 +54,8 @@ class Proc:
                     seen.set()
             seen.set()
 
-        threading.Thread(target=pump, daemon=True).start()
+        proc.reader = threading.Thread(target=pump, daemon=True)
+        proc.reader.start()
         seen.wait(timeout_s)
         if not found:
             proc.kill()
@@ -67,7 +69,15 @@ class Proc:
         self.popen.send_signal(signum)
 
     def wait(self, timeout_s: float = 10.0) -> int:
-        return self.popen.wait(timeout_s)
+        code = self.popen.wait(timeout_s)
+        self._close_output()
+        return code
+
+    def _close_output(self) -> None:
+        if self.reader is not None:
+            self.reader.join(5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -76,11 +86,13 @@ class Proc:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_output()
 
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(5)
+        self._close_output()
 
 
 @dataclass
