@@ -44,6 +44,40 @@ class State(Model):
     url: str = "redis://127.0.0.1:6379/0"
 
 
+class Traces(Model):
+    exporter: Literal["otlp", "console", "none"] = "none"
+    endpoint: str = "http://127.0.0.1:4318"  # OTLP/HTTP; /v1/traces is appended
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+
+
+class AccessLog(Model):
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    path: str | None = None  # JSON lines file; None: the `gateway.access` logger (stderr)
+
+
+class Telemetry(Model):
+    service_name: str = "inference-gateway"
+    traces: Traces = Traces()
+    access_log: AccessLog = AccessLog()
+    capture_content: bool = False  # prompts and outputs never enter spans or logs unless true
+
+
+class Budget(Model):
+    usd_per_day: float = Field(gt=0)
+
+
+class RateLimit(Model):
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0)
+
+
+class Tenant(Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_keys: list[str] = Field(min_length=1)
+    budget: Budget | None = None
+    rate_limit: RateLimit | None = None
+
+
 class Upstream(Model):
     """The shared upstream HTTP client pool."""
 
@@ -112,8 +146,10 @@ class Route(Model):
 class GatewayConfig(Model):
     listen: Listen = Listen()
     admin: Admin = Admin()
+    telemetry: Telemetry = Telemetry()
     state: State = State()
     upstream: Upstream = Upstream()
+    tenants: list[Tenant] | None = None  # when present, clients must send one of the keys
     routes: list[Route] = []
 
 
@@ -143,4 +179,12 @@ def semantic_errors(config: GatewayConfig) -> list[tuple[str, str]]:
             problems.append((f"{where}.backends[{stables[1]}].stable", "only one backend of a route can be stable"))
         if sum(b.weight for b in route.backends) <= 0:
             problems.append((f"{where}.backends", "at least one backend needs a weight above 0"))
+    seen_keys: dict[str, str] = {}
+    for i, tenant in enumerate(config.tenants or []):
+        for j, key in enumerate(tenant.api_keys):
+            if not key:
+                problems.append((f"tenants[{i}].api_keys[{j}]", "an API key cannot be empty"))
+            elif key in seen_keys:
+                problems.append((f"tenants[{i}].api_keys[{j}]", f"the same key is also given to {seen_keys[key]!r}"))
+            seen_keys.setdefault(key, tenant.name)
     return problems
