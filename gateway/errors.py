@@ -8,7 +8,9 @@ The HTTP meaning lives on the class, so a stage raises and the edge renders::
     ├── NoRoute                  404  not_found
     ├── BodyTooLarge             413  payload_too_large
     ├── ContractViolation        422  contract_violation  .errors lists every failing field
+    ├── TooManyRequests          429  rate_limited        rate limit or budget, with Retry-After
     ├── HeadersTooLarge          431  headers_too_large
+    ├── ServiceUnavailable       503  unavailable         shedding, or every circuit open, with Retry-After
     └── UpstreamError            502  upstream_error      .backend
         ├── UpstreamConnectError 502  retryable           connection refused or reset before headers
         ├── UpstreamBadResponse  502                      response broke its contract
@@ -90,6 +92,22 @@ class ContractViolation(GatewayError):
     status_code = 422
     error_type = "contract_violation"
     title = "Request violates the route's contract"
+
+
+class TooManyRequests(GatewayError):
+    """Rate limit or budget reached; carries a Retry-After header."""
+
+    status_code = 429
+    error_type = "rate_limited"
+    title = "Too many requests"
+
+
+class ServiceUnavailable(GatewayError):
+    """Shedding load, or every backend's circuit is open; carries a Retry-After header."""
+
+    status_code = 503
+    error_type = "unavailable"
+    title = "Service unavailable"
 
 
 class HeadersTooLarge(GatewayError):
