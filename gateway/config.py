@@ -133,13 +133,45 @@ class Contract(Model):
     apply_defaults: bool = False
 
 
+FallbackReason = Literal["status_5xx", "status_429", "timeout", "connect", "contract", "circuit_open", "context_length"]
+
+
+class Sticky(Model):
+    header: str = Field(min_length=1)  # requests with the same value keep their backend while weights hold
+
+
+class Fallback(Model):
+    when: list[FallbackReason] = ["status_5xx", "timeout", "connect", "contract", "circuit_open"]
+    max_attempts: int = Field(2, ge=1, le=10)
+    retry_budget: float = Field(0.2, ge=0, le=1)  # retries stay under this share of requests (10 s window)
+    min_retries: int = Field(3, ge=0)  # the budget's floor, so a quiet route can still retry
+    resume_streams: bool = False
+
+
+class CircuitBreaker(Model):
+    failure_ratio: float = Field(0.5, gt=0, le=1)
+    min_requests: int = Field(20, ge=1)
+    open_s: PositiveSeconds = 30.0
+
+
+class Hedge(Model):
+    after_percentile: float = Field(95, gt=0, lt=100)
+    max_ratio: float = Field(0.05, gt=0, le=1)
+    min_delay_ms: float = Field(5.0, ge=0)  # never hedge sooner than this, even when the percentile is lower
+
+
 class Route(Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     owner: str | None = None
     match: Match
     backends: list[Backend] = Field(min_length=1)
     contract: Contract | None = None
+    sticky: Sticky | None = None
+    allow_override: bool = False  # the x-gateway-backend header pins a backend
     timeouts: Timeouts = Timeouts()
+    fallback: Fallback = Fallback()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    hedge: Hedge | None = None
     error_format: Literal["problem", "openai"] = "problem"
 
 
@@ -179,12 +211,12 @@ def semantic_errors(config: GatewayConfig) -> list[tuple[str, str]]:
             problems.append((f"{where}.backends[{stables[1]}].stable", "only one backend of a route can be stable"))
         if sum(b.weight for b in route.backends) <= 0:
             problems.append((f"{where}.backends", "at least one backend needs a weight above 0"))
-    seen_keys: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for i, tenant in enumerate(config.tenants or []):
-        for j, key in enumerate(tenant.api_keys):
-            if not key:
+        for j, api_key in enumerate(tenant.api_keys):
+            if not api_key:
                 problems.append((f"tenants[{i}].api_keys[{j}]", "an API key cannot be empty"))
-            elif key in seen_keys:
-                problems.append((f"tenants[{i}].api_keys[{j}]", f"the same key is also given to {seen_keys[key]!r}"))
-            seen_keys.setdefault(key, tenant.name)
+            elif api_key in owners:
+                problems.append((f"tenants[{i}].api_keys[{j}]", f"the same key is also given to {owners[api_key]!r}"))
+            owners.setdefault(api_key, tenant.name)
     return problems

@@ -10,7 +10,9 @@ from gateway.types import Headers
 
 if TYPE_CHECKING:
     from gateway.errors import UpstreamError
+    from gateway.forward import StreamStart
     from gateway.routing import BackendTarget, CompiledRoute
+    from gateway.streaming import StreamState
     from gateway.upstream.base import UpstreamResponse
 
 
@@ -23,6 +25,7 @@ class Attempt:
     status: int | None = None  # None until headers arrive (or forever, if it failed before)
     headers_at: float | None = None
     error: UpstreamError | None = None
+    hedge: bool = False
 
 
 @dataclass(slots=True)
@@ -42,6 +45,8 @@ class RequestContext:
     document: Any = None  # the parsed JSON body, when the body is JSON
     _route: CompiledRoute | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    fallback_reason: str | None = None  # the first failure's reason, when another attempt answered
+    stream: StreamState | None = None  # what the stream guard saw, for an SSE answer
     after_response: list[Callable[[], None]] = field(default_factory=list)  # accounting, run after the last byte
 
     @property
@@ -75,3 +80,4 @@ class Reply:
     stream: AsyncIterator[bytes] | None = None
     upstream: UpstreamResponse | None = None  # closed by the writer when the stream ends or breaks
     backend: BackendTarget | None = None
+    sse: StreamStart | None = None  # set for an event stream: the events read before answering

@@ -11,11 +11,13 @@ The HTTP meaning lives on the class, so a stage raises and the edge renders::
     ├── TooManyRequests          429  rate_limited        rate limit or budget, with Retry-After
     ├── HeadersTooLarge          431  headers_too_large
     ├── ServiceUnavailable       503  unavailable         shedding, or every circuit open, with Retry-After
-    └── UpstreamError            502  upstream_error      .backend
-        ├── UpstreamConnectError 502  retryable           connection refused or reset before headers
-        ├── UpstreamBadResponse  502                      response broke its contract
-        ├── UpstreamTimeout      504  retryable           connect, first byte or deadline passed
-        └── UpstreamsExhausted   last error's status      .errors keeps every attempt's error
+    └── UpstreamError            502  upstream_error      .backend .reason (the fallback class)
+        ├── UpstreamConnectError 502  connect             connection refused or reset before headers
+        ├── UpstreamBadResponse  502  contract            response broke its contract
+        ├── UpstreamStatus       502  status_5xx/429/...  the upstream answered with a failing status
+        ├── CircuitOpen          503  circuit_open        the backend's breaker is open
+        ├── UpstreamTimeout      504  timeout             connect, first byte or deadline passed
+        └── UpstreamsExhausted   last error's status      .attempt_errors keeps every attempt's error
 
 Bodies are RFC 9457 ``application/problem+json``, or the OpenAI error object for routes with
 ``error_format: openai``.
@@ -45,7 +47,6 @@ class GatewayError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal gateway error"
-    retryable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -62,6 +63,11 @@ class GatewayError(Exception):
     @property
     def status(self) -> int:
         return self.status_code
+
+    @property
+    def kind(self) -> str:
+        """The error type named in the body (`type` of the problem, `type`/`code` of the OpenAI error)."""
+        return self.error_type
 
 
 class BadRequest(GatewayError):
@@ -120,16 +126,58 @@ class UpstreamError(GatewayError):
     status_code = 502
     error_type = "upstream_error"
     title = "Upstream failed"
-    reason: ClassVar[str] = "status_5xx"  # the fallback reason this failure counts as
+    reason = "status_5xx"  # the fallback class this failure counts as (config `fallback.when`)
 
-    def __init__(self, detail: str, *, backend: str, errors: list[FieldError] | None = None) -> None:
-        super().__init__(detail, errors=errors)
+    def __init__(
+        self,
+        detail: str,
+        *,
+        backend: str,
+        errors: list[FieldError] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(detail, errors=errors, headers=headers)
         self.backend = backend
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered, with a status that counts as a failure; keeps the answer to pass it on."""
+
+    title = "Upstream answered with an error"
+
+    def __init__(
+        self, status: int, reason: str, *, backend: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        super().__init__(f"upstream answered {status}", backend=backend)
+        self.upstream_status = status
+        self.reason = reason
+        self.upstream_headers = headers
+        self.body = body
+
+    @property
+    def retry_after_s(self) -> float | None:
+        for key, value in self.upstream_headers:
+            if key == b"retry-after":
+                try:
+                    return max(0.0, float(value))
+                except ValueError:
+                    return None  # an HTTP-date: treated as absent
+        return None
+
+
+class CircuitOpen(UpstreamError):
+    status_code = 503
+    error_type = "unavailable"
+    title = "Every backend's circuit is open"
+    reason = "circuit_open"
+
+    def __init__(self, backend: str, retry_in_s: float) -> None:
+        super().__init__(f"circuit open for another {retry_in_s:.1f}s", backend=backend)
+        self.retry_in_s = retry_in_s
 
 
 class UpstreamConnectError(UpstreamError):
     title = "Upstream unreachable"
-    retryable = True
     reason = "connect"
 
 
@@ -142,7 +190,6 @@ class UpstreamTimeout(UpstreamError):
     status_code = 504
     error_type = "timeout"
     title = "Upstream timed out"
-    retryable = True
     reason = "timeout"
 
 
@@ -151,13 +198,18 @@ class UpstreamsExhausted(UpstreamError):
 
     def __init__(self, errors: list[UpstreamError]) -> None:
         last = errors[-1]
-        tried = ", ".join(f"{e.backend}: {e.detail}" for e in errors)
-        super().__init__(f"all {len(errors)} attempts failed ({tried})", backend=last.backend)
+        tried = "; ".join(f"{e.backend}: {e.detail}" for e in errors)
+        super().__init__(f"all {len(errors)} attempts failed ({tried})", backend=last.backend, headers=last.headers)
         self.attempt_errors = errors
+        self.reason = last.reason
 
     @property
     def status(self) -> int:
         return self.attempt_errors[-1].status
+
+    @property
+    def kind(self) -> str:
+        return self.attempt_errors[-1].kind
 
 
 def render_error(
@@ -174,8 +226,8 @@ def render_error(
             {
                 "error": {
                     "message": message,
-                    "type": error.error_type,
-                    "code": error.error_type,
+                    "type": error.kind,
+                    "code": error.kind,
                     "param": first.pointer if first else None,
                 }
             }
@@ -183,7 +235,7 @@ def render_error(
         content_type = b"application/json"
     else:
         problem: dict[str, object] = {
-            "type": PROBLEM_TYPE_BASE + error.error_type,
+            "type": PROBLEM_TYPE_BASE + error.kind,
             "title": error.title,
             "status": status,
             "detail": error.detail,

@@ -1,24 +1,34 @@
-"""The terminal stage: one HTTP attempt against the chosen backend, turned into a Reply."""
+"""One upstream attempt: build the request for a backend, send it, classify the answer.
+
+An attempt succeeds with a `Reply` or fails with an `UpstreamError` whose `reason` is the
+fallback class (`status_5xx`, `timeout`, ...). For an SSE answer the attempt lasts until the
+first event arrived, so a backend that fails or stays silent before it can still be replaced
+without the client ever seeing it (DESIGN.md, "Streaming").
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import random
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 
-from gateway.canary import WeightedChoice
 from gateway.context import Attempt, Reply, RequestContext
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 from gateway.headers import forwarded_for, to_client, to_upstream
-from gateway.routing import BackendTarget, CompiledRoute
+from gateway.routing import BackendTarget
+from gateway.sse import SseEvent, SseParser
 from gateway.types import Clock, Headers
-from gateway.upstream import AttemptTimeouts, UpstreamClient, UpstreamRequest
+from gateway.upstream import AttemptTimeouts, UpstreamClient, UpstreamRequest, UpstreamResponse
 
 # Bodies up to this size with a known length are read whole before answering, so a break
-# mid-body is still a clean 502; anything larger or of unknown length is streamed.
+# mid-body is still a clean failure that can fall back; larger or unknown-length bodies stream.
 BUFFER_LIMIT = 256 * 1024
+DEADLINE_HEADER = b"x-gateway-timeout-ms"  # the time left for the request, so the upstream can give up too
+_CONTEXT_LENGTH = b"context_length_exceeded"
 
 
 class TrustedProxies:
@@ -41,71 +51,77 @@ class TrustedProxies:
         return trusted
 
 
-class Forward:
-    """Builds the upstream request (headers, body, URL), sends it once and wraps the answer."""
+@dataclass(slots=True)
+class StreamStart:
+    """An SSE answer whose first events arrived: what the stream guard continues from."""
 
-    def __init__(
-        self,
-        client: UpstreamClient,
-        routes: list[CompiledRoute],
-        trusted: TrustedProxies,
-        rng: random.Random | None = None,
-        clock: Clock = time.perf_counter,
-    ) -> None:
+    parser: SseParser
+    first_events: list[SseEvent]
+    chunks: AsyncIterator[bytes]  # the rest of the body, from where the first events ended
+    response: UpstreamResponse  # to close when the stream is done with
+
+
+class Forwarder:
+    """Sends one attempt; knows the header, body and URL rules but nothing about retries."""
+
+    def __init__(self, client: UpstreamClient, trusted: TrustedProxies, clock: Clock = time.perf_counter) -> None:
         self._client = client
         self._trusted = trusted
         self._clock = clock
-        rng = rng or random.Random()
-        self._choices = {route.name: WeightedChoice.for_route(route, rng) for route in routes}
 
-    async def __call__(self, ctx: RequestContext) -> Reply:
+    async def attempt(
+        self, ctx: RequestContext, backend: BackendTarget, body: bytes, deadline: float, attempt: Attempt
+    ) -> Reply:
+        """One try against `backend`, bounded by the route's per-attempt limits and `deadline`."""
         route = ctx.route
-        backend = self._choices[route.name].pick()
+        limits = route.timeouts
+        now = self._clock()
+        left = min(deadline, now + limits.attempt_s) - now
+        if left <= 0:
+            raise UpstreamTimeout(f"request deadline of {limits.request_s:g}s passed", backend=backend.name)
         request = UpstreamRequest(
             backend=backend.name,
             method=ctx.method,
             url=self._url(ctx, backend),
-            headers=self._headers(ctx, backend),
-            body=self._body(ctx, backend),
+            headers=self._headers(ctx, backend, deadline - now),
+            body=body,
         )
-        now = self._clock()
-        left = ctx.received_at + route.timeouts.request_s - now
-        if left <= 0:
-            raise UpstreamTimeout(f"request deadline of {route.timeouts.request_s:g}s passed", backend=backend.name)
         timeouts = AttemptTimeouts(
-            connect_s=min(route.timeouts.connect_s, left),
-            first_byte_s=min(route.timeouts.first_byte_s, route.timeouts.attempt_s, left),
-            idle_s=route.timeouts.idle_s,
+            connect_s=min(limits.connect_s, left), first_byte_s=min(limits.first_byte_s, left), idle_s=limits.idle_s
         )
-        attempt = Attempt(backend=backend.name, started_at=now)
-        ctx.attempts.append(attempt)
+        response = await self._client.send(request, timeouts)
+        attempt.status = response.status
+        attempt.headers_at = self._clock()
+        status = response.status
         try:
-            response = await self._client.send(request, timeouts)
-            attempt.status = response.status
-            attempt.headers_at = self._clock()
             headers = to_client(response.headers)
+            if status >= 500 or status == 429 or (status == 400 and route.watches_context_length):
+                body_bytes = await _read_small(response)
+                await response.aclose()
+                reason = _failure_reason(status, body_bytes)
+                if reason is not None:
+                    raise UpstreamStatus(status, reason, backend=backend.name, headers=headers, body=body_bytes)
+                return Reply(status, headers, body=body_bytes, backend=backend)
+            if _is_event_stream(headers):
+                first_byte_by = now + min(limits.first_byte_s, left)
+                start = await _first_events(response, first_byte_by - self._clock(), backend.name)
+                return Reply(status, headers, stream=start.chunks, upstream=response, backend=backend, sse=start)
             length = _content_length(headers)
             if length is not None and length <= BUFFER_LIMIT:
-                try:
-                    body = await response.read()
-                finally:
-                    await response.aclose()
-                return Reply(response.status, headers, body=body, backend=backend)
-        except UpstreamError as exc:
-            attempt.error = exc
-            if isinstance(exc, UpstreamTimeout) and left <= timeouts.first_byte_s:
-                raise UpstreamTimeout(
-                    f"request deadline of {route.timeouts.request_s:g}s passed", backend=backend.name
-                ) from None
+                body_bytes = await response.read()
+                await response.aclose()
+                return Reply(status, headers, body=body_bytes, backend=backend)
+            return Reply(status, headers, stream=response.chunks(), upstream=response, backend=backend)
+        except BaseException:
+            await response.aclose()
             raise
-        return Reply(response.status, headers, stream=response.chunks(), upstream=response, backend=backend)
 
     @staticmethod
     def _url(ctx: RequestContext, backend: BackendTarget) -> str:
         url = backend.origin + backend.base_path + ctx.raw_path.decode("latin-1")
         return url + "?" + ctx.query.decode("latin-1") if ctx.query else url
 
-    def _headers(self, ctx: RequestContext, backend: BackendTarget) -> Headers:
+    def _headers(self, ctx: RequestContext, backend: BackendTarget, left_s: float) -> Headers:
         headers = [(k, v) for k, v in to_upstream(ctx.headers) if k not in backend.header_names]
         headers.extend(backend.headers)
         trusted = ctx.client_ip in self._trusted
@@ -113,15 +129,72 @@ class Forward:
         headers.append((b"x-forwarded-for", forwarded_for(ctx.client_ip, ctx.header(b"x-forwarded-for"), trusted)))
         headers.append((b"x-forwarded-proto", incoming_proto or ctx.scheme.encode()))
         headers.append((b"x-request-id", ctx.request_id.encode()))
+        headers.append((DEADLINE_HEADER, str(max(0, int(left_s * 1000))).encode()))
         return headers
 
-    @staticmethod
-    def _body(ctx: RequestContext, backend: BackendTarget) -> bytes:
-        document = ctx.document
-        if backend.model is None or not isinstance(document, dict) or document.get("model") == backend.model:
-            return ctx.body
-        document = {**document, "model": backend.model}
-        return orjson.dumps(document)
+
+def request_body(ctx: RequestContext, backend: BackendTarget, extra: dict[str, object] | None = None) -> bytes:
+    """The body for one backend: the client's bytes, unless its "model" or `extra` fields change it."""
+    document = ctx.document
+    if not isinstance(document, dict):
+        return ctx.body
+    rewrite_model = backend.model is not None and document.get("model") != backend.model
+    if not rewrite_model and not extra:
+        return ctx.body
+    changed = {**document, **(extra or {})}
+    if rewrite_model:
+        changed["model"] = backend.model
+    return orjson.dumps(changed)
+
+
+def _failure_reason(status: int, body: bytes) -> str | None:
+    if status >= 500:
+        return "status_5xx"
+    if status == 429:
+        return "status_429"
+    if status == 400 and _CONTEXT_LENGTH in body:
+        try:
+            error = orjson.loads(body).get("error", {})
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        if isinstance(error, dict) and error.get("code") == "context_length_exceeded":
+            return "context_length"
+    return None
+
+
+async def _read_small(response: UpstreamResponse) -> bytes:
+    """An error answer's body, up to BUFFER_LIMIT (enough to pass it on or to read its error code)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.chunks():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > BUFFER_LIMIT:
+            break
+    return b"".join(chunks)
+
+
+async def _first_events(response: UpstreamResponse, budget_s: float, backend: str) -> StreamStart:
+    """Read until the first complete SSE event, within `budget_s`; a failure here can still fall back."""
+    parser = SseParser()
+    chunks = response.chunks()
+    events: list[SseEvent] = []
+    try:
+        async with asyncio.timeout(max(budget_s, 0.0)):
+            async for chunk in chunks:
+                events.extend(parser.feed(chunk))
+                if any(not e.comment for e in events):
+                    return StreamStart(parser, events, chunks, response)
+    except TimeoutError:
+        raise UpstreamTimeout(f"no stream event within {budget_s:.3g}s (first_byte_s)", backend=backend) from None
+    raise UpstreamConnectError("the stream ended before its first event", backend=backend)
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    for key, value in headers:
+        if key == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False
 
 
 def _content_length(headers: Headers) -> int | None:

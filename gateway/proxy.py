@@ -60,12 +60,11 @@ class DataPlane:
             ctx = await _read_request(scope, receive, runtime, request_id, received_at)
             reply = await runtime.handle(ctx)
         except GatewayError as exc:
-            error_format: ErrorFormat = ctx.route.error_format if ctx is not None and ctx.has_route else "problem"
-            await _send_error(send, exc, request_id, error_format)
+            await _send_error(send, exc, request_id, ctx)
             return
         except Exception:
             log.exception("unhandled error on request %s", request_id)
-            await _send_error(send, GatewayError("the gateway failed to handle this request"), request_id, "problem")
+            await _send_error(send, GatewayError("the gateway failed to handle this request"), request_id, ctx)
             return
         await _write(ctx, reply, send, receive, self._tasks)
 
@@ -169,9 +168,14 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-async def _send_error(send: Any, error: GatewayError, request_id: str, error_format: ErrorFormat) -> None:
+async def _send_error(send: Any, error: GatewayError, request_id: str, ctx: RequestContext | None) -> None:
+    routed = ctx is not None and ctx.has_route
+    error_format: ErrorFormat = ctx.route.error_format if ctx is not None and routed else "problem"
     status, headers, body = render_error(error, request_id, error_format)
     headers.append((b"x-request-id", request_id.encode()))
+    if ctx is not None and routed:
+        headers.append((b"x-gateway-route", ctx.route.name_header))
+        headers.append((b"x-gateway-attempts", str(len(ctx.attempts)).encode()))
     if isinstance(error, UpstreamError):
         headers.append((b"x-gateway-backend", error.backend.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -188,6 +192,8 @@ async def _write(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tas
     if ctx.attempts:
         headers.append((b"x-gateway-attempts", str(len(ctx.attempts)).encode()))
         headers.append((b"server-timing", _server_timing(ctx)))
+    if ctx.fallback_reason is not None:
+        headers.append((b"x-gateway-fallback", ctx.fallback_reason.encode()))
     if reply.stream is None:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})

@@ -53,6 +53,7 @@ class CompiledRoute:
     error_format: ErrorFormat
     config: Route
     name_header: bytes  # the route name as a header value, encoded once
+    watches_context_length: bool  # a 400 context_length_exceeded counts as a failure
 
     @classmethod
     def compile(cls, route: Route) -> CompiledRoute:
@@ -68,6 +69,7 @@ class CompiledRoute:
             error_format=route.error_format,
             config=route,
             name_header=route.name.encode(),
+            watches_context_length="context_length" in route.fallback.when,
         )
 
     def backend(self, name: str) -> BackendTarget | None:

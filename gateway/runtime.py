@@ -1,7 +1,8 @@
 """The running configuration: a compiled snapshot swapped atomically on reload.
 
 A request reads `holder.current` once when it arrives and keeps that snapshot to the end, so a
-reload never changes the config under an in-flight request.
+reload never changes the config under an in-flight request. State that must outlive a reload
+(run-time weights, breakers, budgets, the connection pool) lives in `Shared`.
 """
 
 from __future__ import annotations
@@ -10,38 +11,70 @@ import asyncio
 import logging
 import os
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.attempts import Attempts
+from gateway.canary import BackendChooser, WeightTable
 from gateway.config import GatewayConfig
 from gateway.events import EventLog
-from gateway.forward import Forward, TrustedProxies
+from gateway.forward import Forwarder, TrustedProxies
 from gateway.health import Health
 from gateway.loader import ConfigError, load_config
 from gateway.pipeline import compose
+from gateway.resilience import BreakerState, CircuitBreaker, ResilienceState
 from gateway.routing import CompiledRoute, Router, Routing
+from gateway.tasks import TaskSet
 from gateway.types import Next, Stage
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
 
 
+@dataclass
+class Shared:
+    """Everything that lives as long as the process, across reloads."""
+
+    client: UpstreamClient
+    events: EventLog = field(default_factory=EventLog)
+    tasks: TaskSet = field(default_factory=TaskSet)
+    weights: WeightTable = field(default_factory=WeightTable)
+    rng: random.Random = field(default_factory=random.Random)
+    resilience: ResilienceState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.resilience = ResilienceState(time.perf_counter, self._circuit_changed)
+
+    def _circuit_changed(self, breaker: CircuitBreaker, before: BreakerState, after: BreakerState, reason: str) -> None:
+        self.events.record(
+            "circuit",
+            f"{before.value} -> {after.value}: {reason}",
+            route=breaker.route,
+            backend=breaker.backend,
+            details={"from": before.value, "to": after.value},
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     config: GatewayConfig
     router: Router
+    choosers: dict[str, BackendChooser]
     handle: Next
 
 
-def build_runtime(config: GatewayConfig, client: UpstreamClient, rng: random.Random | None = None) -> Runtime:
+def build_runtime(config: GatewayConfig, shared: Shared) -> Runtime:
     """Compile a validated config into the request pipeline. The stage order lives here, and only here."""
     routes = [CompiledRoute.compile(route) for route in config.routes]
     router = Router(routes)
+    choosers = {r.name: BackendChooser(r, shared.weights.weights(r.name), shared.rng) for r in routes}
     stages: list[Stage] = [
         Routing(router),
     ]
-    terminal = Forward(client, routes, TrustedProxies(config.listen.trusted_proxies), rng)
-    return Runtime(config=config, router=router, handle=compose(stages, terminal))
+    forwarder = Forwarder(shared.client, TrustedProxies(config.listen.trusted_proxies))
+    terminal = Attempts(forwarder, choosers, shared.resilience, shared.tasks, rng=shared.rng)
+    return Runtime(config=config, router=router, choosers=choosers, handle=compose(stages, terminal))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +87,12 @@ class ReloadResult:
 class RuntimeHolder:
     """Owns the current Runtime and replaces it whole when a new config validates."""
 
-    def __init__(self, config: GatewayConfig, client: UpstreamClient, path: Path | None, events: EventLog) -> None:
+    def __init__(self, config: GatewayConfig, shared: Shared, path: Path | None) -> None:
         self.path = path
-        self.events = events
-        self._client = client
-        self.current = build_runtime(config, client)
+        self.shared = shared
+        self.events = shared.events
+        shared.weights.sync(config.routes)
+        self.current = build_runtime(config, shared)
         self.health = Health(lambda: self.current.config)
         self._stamp = _stamp(path)
 
@@ -68,19 +102,32 @@ class RuntimeHolder:
         self._stamp = _stamp(self.path)
         try:
             config = load_config(self.path)
-            runtime = build_runtime(config, self._client)
         except ConfigError as exc:
             message = f"reload rejected, keeping the running config: {len(exc.problems)} error(s)"
             log.error("%s\n%s", message, "\n".join(f"  {p or '<root>'}: {m}" for p, m in exc.problems))
             self.events.record("reload_failed", message, actor=actor, details={"errors": exc.problems})
             return ReloadResult(False, message, exc.problems)
         before = self.current.config
-        self.current = runtime
+        for route in self.shared.weights.sync(config.routes):
+            self.events.record(
+                "weights", "the file changed this route's weights: run-time weights dropped", route=route, actor=actor
+            )
+        self.current = build_runtime(config, self.shared)
         message = f"config reloaded from {self.path} ({len(config.routes)} routes)"
         self.events.record("reload", message, actor=actor)
-        if before.listen != config.listen or before.admin != config.admin or before.upstream != config.upstream:
-            log.warning("listen, admin and upstream settings take effect at the next restart")
+        if (
+            (before.listen.host, before.listen.port) != (config.listen.host, config.listen.port)
+            or before.admin != config.admin
+            or before.upstream != config.upstream
+        ):
+            log.warning("listen address, admin and upstream settings take effect at the next restart")
         return ReloadResult(True, message, [])
+
+    def set_weights(self, route: str, weights: dict[str, float]) -> dict[str, float]:
+        """Change a route's weights now (the current runtime's chooser and the table that survives reloads)."""
+        before = self.shared.weights.set(route, weights)
+        self.current.choosers[route].update(weights)
+        return before
 
     async def watch(self, interval_s: float = 1.0) -> None:
         """Reload when the file's mtime or size changes (editors and ConfigMap updates both show up so)."""

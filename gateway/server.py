@@ -19,10 +19,8 @@ from prometheus_client import CollectorRegistry
 from gateway.admin import create_admin_app
 from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
-from gateway.events import EventLog
 from gateway.proxy import DataPlane
-from gateway.runtime import RuntimeHolder
-from gateway.tasks import TaskSet
+from gateway.runtime import RuntimeHolder, Shared
 from gateway.upstream import make_client
 
 log = logging.getLogger("gateway")
@@ -55,10 +53,9 @@ def _uvicorn_config(app: object, host: str, port: int, keepalive_s: float, drain
 
 
 async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event | None = None) -> None:
-    events = EventLog()
-    tasks = TaskSet()
-    client = make_client(config.upstream)
-    holder = RuntimeHolder(config, client, path, events)
+    shared = Shared(make_client(config.upstream))
+    tasks = shared.tasks
+    holder = RuntimeHolder(config, shared, path)
     admin_host = config.admin.host
     if not config.admin.token and admin_host not in LOOPBACK:
         log.warning("admin.token is not set: the admin port binds to 127.0.0.1 instead of %s", admin_host)
@@ -104,7 +101,7 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
         for task in background:
             task.cancel()
         await tasks.drain(timeout_s=2.0)
-        await client.aclose()
+        await shared.client.aclose()
         log.info("gateway stopped")
 
 

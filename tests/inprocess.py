@@ -8,11 +8,9 @@ from typing import Any
 
 import httpx
 
-from gateway.events import EventLog
 from gateway.loader import parse_config
 from gateway.proxy import DataPlane
-from gateway.runtime import RuntimeHolder
-from gateway.tasks import TaskSet
+from gateway.runtime import RuntimeHolder, Shared
 from gateway.upstream import make_client
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -24,8 +22,9 @@ async def inprocess_gateway(
 ) -> AsyncIterator[httpx.AsyncClient]:
     config = parse_config(config_yaml, env={})
     upstream = make_client(config.upstream, transport=httpx.MockTransport(handler))
-    holder = RuntimeHolder(config, upstream, None, EventLog())
-    app = DataPlane(holder, TaskSet())
+    shared = Shared(upstream)
+    holder = RuntimeHolder(config, shared, None)
+    app = DataPlane(holder, shared.tasks)
     transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
