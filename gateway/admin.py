@@ -9,12 +9,22 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.audit import AuditLog
-from gateway.errors import GatewayError, Unauthorized, render_error
+from gateway.errors import (
+    BadRequest,
+    ContractViolation,
+    FieldError,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+    render_error,
+)
 from gateway.runtime import RuntimeHolder
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -87,8 +97,56 @@ def create_admin_app(
         return _Json({"reloaded": True, "detail": result.message})
 
     async def events(request: Request) -> Response:
-        limit = min(int(request.query_params.get("limit", "100") or 100), 500)
+        raw = request.query_params.get("limit", "100")
+        limit = min(int(raw), 500) if raw.isdigit() else 100
         return _Json({"events": holder.events.recent(limit)})
+
+    def _route(request: Request) -> str:
+        name = request.path_params["route"]
+        if name not in holder.current.choosers:
+            raise NotFound(f"no route named {name!r}", errors=[FieldError("route", "unknown route")])
+        return str(name)
+
+    def _change(request: Request, route: str, action: str, weights: dict[str, float], reason: str) -> Response:
+        actor = _actor(request)
+        before = holder.set_weights(route, weights)
+        audit.append(actor, action, {"route": route, "weights": before}, {"route": route, "weights": weights})
+        holder.events.record(action, reason, route=route, actor=actor, details={"before": before, "after": weights})
+        return _Json({"route": route, "weights": weights, "before": before})
+
+    async def put_weights(request: Request) -> Response:
+        route = _route(request)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest("the body is not valid JSON", errors=[FieldError("", str(exc))]) from None
+        names = {b.name for b in holder.current.router.by_name[route].backends}
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be an object of backend name to weight")
+        errors = [FieldError(f"/{k}", "no such backend") for k in body if k not in names]
+        errors += [
+            FieldError(f"/{k}", "must be a number >= 0")
+            for k, v in body.items()
+            if k in names and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0)
+        ]
+        if not errors and sum(body.values()) <= 0:
+            errors.append(FieldError("", "at least one weight must be above 0"))
+        if errors:
+            raise ContractViolation("invalid weights", errors=errors)
+        weights = {name: float(body.get(name, 0.0)) for name in names}
+        return _change(request, route, "weights", weights, "weights set through the admin API")
+
+    async def promote(request: Request) -> Response:
+        route = _route(request)
+        canary = _canary(holder, route, request.query_params.get("backend"))
+        weights = {b.name: (100.0 if b.name == canary else 0.0) for b in holder.current.router.by_name[route].backends}
+        return _change(request, route, "promote", weights, f"all traffic to {canary}")
+
+    async def rollback(request: Request) -> Response:
+        route = _route(request)
+        stable = holder.current.router.by_name[route].stable.name
+        weights = {b.name: (100.0 if b.name == stable else 0.0) for b in holder.current.router.by_name[route].backends}
+        return _change(request, route, "rollback", weights, f"all traffic back to {stable}")
 
     return Starlette(
         routes=[
@@ -98,9 +156,34 @@ def create_admin_app(
             Route("/admin/routes", guarded(routes)),
             Route("/admin/reload", guarded(reload), methods=["POST"]),
             Route("/admin/events", guarded(events)),
+            Route("/admin/routes/{route}/weights", guarded(put_weights), methods=["PUT"]),
+            Route("/admin/routes/{route}/promote", guarded(promote), methods=["POST"]),
+            Route("/admin/routes/{route}/rollback", guarded(rollback), methods=["POST"]),
         ],
-        exception_handlers={GatewayError: lambda request, exc: _error(exc)},
+        exception_handlers={
+            GatewayError: lambda request, exc: _error(exc),
+            HTTPException: lambda request, exc: _error(_from_http(exc)),
+        },
     )
+
+
+def _canary(holder: RuntimeHolder, route: str, named: str | None) -> str:
+    """The backend to promote: the one named, else the non-stable backend with the most traffic now."""
+    compiled = holder.current.router.by_name[route]
+    if named is not None:
+        if compiled.backend(named) is None:
+            raise NotFound(f"route {route!r} has no backend {named!r}", errors=[FieldError("backend", "unknown")])
+        return named
+    weights = holder.current.choosers[route].weights
+    candidates = [b for b in compiled.backends if b is not compiled.stable]
+    if not candidates:
+        raise BadRequest(f"route {route!r} has no canary: it has only its stable backend")
+    return max(candidates, key=lambda b: weights.get(b.name, 0.0)).name
+
+
+def _from_http(exc: HTTPException) -> GatewayError:
+    error = {404: NotFound, 405: MethodNotAllowed}.get(exc.status_code, BadRequest)
+    return error(str(exc.detail))
 
 
 def _actor(request: Request) -> str:
@@ -110,4 +193,4 @@ def _actor(request: Request) -> str:
 
 def _error(error: GatewayError) -> Response:
     status, headers, body = render_error(error, request_id="")
-    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers[:1]})
+    return Response(body, status_code=status, media_type=headers[0][1].decode())

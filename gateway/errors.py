@@ -5,7 +5,8 @@ The HTTP meaning lives on the class, so a stage raises and the edge renders::
     GatewayError                 500  internal_error
     ├── BadRequest               400  invalid_request     unparseable body, ambiguous request
     ├── Unauthorized             401  unauthorized
-    ├── NoRoute                  404  not_found
+    ├── NoRoute, NotFound        404  not_found
+    ├── MethodNotAllowed         405  method_not_allowed  (admin API)
     ├── BodyTooLarge             413  payload_too_large
     ├── ContractViolation        422  contract_violation  .errors lists every failing field
     ├── TooManyRequests          429  rate_limited        rate limit or budget, with Retry-After
@@ -88,6 +89,18 @@ class NoRoute(GatewayError):
     title = "No route matches"
 
 
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "not_found"
+    title = "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status_code = 405
+    error_type = "method_not_allowed"
+    title = "Method not allowed"
+
+
 class BodyTooLarge(GatewayError):
     status_code = 413
     error_type = "payload_too_large"
@@ -153,6 +166,16 @@ class UpstreamStatus(UpstreamError):
         self.reason = reason
         self.upstream_headers = headers
         self.body = body
+        if status == 429 and self.retry_after_s is not None:
+            self.headers = [(b"retry-after", str(max(1, round(self.retry_after_s))).encode())]
+
+    @property
+    def status(self) -> int:
+        return 429 if self.upstream_status == 429 else self.status_code  # still rate limited once every try is
+
+    @property
+    def kind(self) -> str:
+        return "rate_limited" if self.upstream_status == 429 else self.error_type
 
     @property
     def retry_after_s(self) -> float | None:
