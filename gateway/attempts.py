@@ -81,6 +81,7 @@ class Attempts:
                 failures.append(failure)
                 if "circuit_open" not in policy.when:
                     raise failure
+                ctx.fallback_reason = ctx.fallback_reason or failure.reason
                 continue
             if sent > 0:
                 wait = self._spacing(ctx, backend, failures[-1])
