@@ -1,0 +1,286 @@
+"""Shared state for budgets, rate limits and run-time decisions: in memory, or in Redis for replicas.
+
+`StateStore` is the small contract both stores keep: counters that expire (`incr` sets the expiry
+when it creates the key, so a window's counter disappears with its window) and strings with
+compare-and-set (for state that must change atomically, such as a rate limiter's next slot).
+Numbers and strings share one key space, as in Redis: keep a key to one kind.
+
+`RedisStore` runs each compound operation as one Lua script, so it is atomic on the server.
+`FallbackStore` puts a local `MemoryStore` behind it: a replica that loses Redis keeps serving on
+local state (limits then count per replica), says so (`degraded`, `last_error`), and tries Redis
+again every `retry_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar, runtime_checkable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.types import Clock
+
+__all__ = ["FallbackStore", "MemoryStore", "RedisStore", "StateStore"]
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    async def incr(self, key: str, amount: float, ttl_s: float) -> float:
+        """Add `amount` (creating the key at 0 with expiry `ttl_s`); the new value."""
+        ...
+
+    async def get(self, key: str) -> float | None: ...
+
+    async def compare_and_set(self, key: str, expected: str | None, new: str, ttl_s: float | None) -> bool:
+        """Set `new` only if the key holds `expected` (None: only if absent). `ttl_s` None: no expiry."""
+        ...
+
+    async def get_str(self, key: str) -> str | None: ...
+
+    async def set_str(self, key: str, value: str, ttl_s: float | None) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _format_number(value: float) -> str:
+    # As Redis shows an INCRBYFLOAT result: integers without a fraction.
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+class MemoryStore:
+    """The single-process store: a dict with expiries on an injected monotonic clock, bounded in size.
+
+    At `max_keys`, expired keys are swept; if it is still full, the oldest tenth of the keys goes
+    (insertion order), which at worst forgets some old window's counters: limits err on the lenient side.
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, max_keys: int = 100_000) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._clock = clock
+        self.max_keys = max_keys
+        self._data: dict[str, tuple[float | str, float | None]] = {}  # key -> (value, expires_at)
+
+    def _live(self, key: str) -> float | str | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        value, expires_at = entry
+        if expires_at is not None and expires_at <= self._clock():
+            del self._data[key]
+            return None
+        return value
+
+    def _put(self, key: str, value: float | str, ttl_s: float | None) -> None:
+        if key not in self._data and len(self._data) >= self.max_keys:
+            self._make_room()
+        self._data[key] = (value, None if ttl_s is None else self._clock() + ttl_s)
+
+    def _make_room(self) -> None:
+        now = self._clock()
+        for key in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
+            del self._data[key]
+        excess = len(self._data) - self.max_keys + 1
+        if excess > 0:
+            excess = max(excess, self.max_keys // 10)
+            for key in list(self._data)[:excess]:
+                del self._data[key]
+
+    async def incr(self, key: str, amount: float, ttl_s: float) -> float:
+        current = self._live(key)
+        if current is None:
+            self._put(key, float(amount), ttl_s)
+            return float(amount)
+        value = (current if isinstance(current, float) else float(current)) + amount
+        self._data[key] = (value, self._data[key][1])
+        return value
+
+    async def get(self, key: str) -> float | None:
+        value = self._live(key)
+        return None if value is None else float(value)
+
+    async def compare_and_set(self, key: str, expected: str | None, new: str, ttl_s: float | None) -> bool:
+        current = await self.get_str(key)
+        if current != expected:
+            return False
+        self._put(key, new, ttl_s)
+        return True
+
+    async def get_str(self, key: str) -> str | None:
+        value = self._live(key)
+        if value is None or isinstance(value, str):
+            return value
+        return _format_number(value)
+
+    async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
+        self._put(key, value, ttl_s)
+
+    async def aclose(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore keys={len(self._data)} max_keys={self.max_keys}>"
+
+
+# KEYS[1] key; ARGV[1] amount, ARGV[2] expiry in ms. The expiry is set only by the call that creates the key.
+_INCR = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local value = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value
+"""
+
+# KEYS[1] key; ARGV[1] '1' when the key must be absent, ARGV[2] expected, ARGV[3] new, ARGV[4] expiry ms or ''.
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current then return 0 end
+elseif current ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1
+"""
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, math.ceil(ttl_s * 1000))
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class RedisStore:
+    """The shared store for replicas: redis.asyncio, every key under `prefix`."""
+
+    def __init__(self, client: Redis, *, prefix: str = "gateway:", owns_client: bool = False) -> None:
+        self._redis = client
+        self.prefix = prefix
+        self._owns_client = owns_client
+        self._incr = client.register_script(_INCR)
+        self._cas = client.register_script(_CAS)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "gateway:", timeout_s: float = 1.0) -> RedisStore:
+        """A store with its own connection pool (closed by `aclose`); Redis calls time out after `timeout_s`."""
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return cls(client, prefix=prefix, owns_client=True)
+
+    async def incr(self, key: str, amount: float, ttl_s: float) -> float:
+        raw = await self._incr(keys=[self.prefix + key], args=[repr(float(amount)), _ms(ttl_s)])
+        return float(raw)
+
+    async def get(self, key: str) -> float | None:
+        raw = await self._redis.get(self.prefix + key)
+        return None if raw is None else float(raw)
+
+    async def compare_and_set(self, key: str, expected: str | None, new: str, ttl_s: float | None) -> bool:
+        args = ["1" if expected is None else "0", expected or "", new, "" if ttl_s is None else _ms(ttl_s)]
+        return bool(await self._cas(keys=[self.prefix + key], args=args))
+
+    async def get_str(self, key: str) -> str | None:
+        return _text(await self._redis.get(self.prefix + key))
+
+    async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
+        await self._redis.set(self.prefix + key, value, px=None if ttl_s is None else _ms(ttl_s))
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (for /readyz)."""
+        return bool(await self._redis.ping())
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RedisStore prefix={self.prefix!r}>"
+
+
+class FallbackStore:
+    """`primary` (Redis) while it answers, `local` while it does not; back to `primary` after `retry_s`.
+
+    `on_change(degraded, error)` is called on each switch (for events, metrics and /readyz detail).
+    """
+
+    def __init__(
+        self,
+        primary: StateStore,
+        local: StateStore | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        retry_s: float = 5.0,
+        on_change: Callable[[bool, str | None], None] | None = None,
+    ) -> None:
+        self.primary = primary
+        self.local: StateStore = local if local is not None else MemoryStore(clock=clock)
+        self._clock = clock
+        self.retry_s = retry_s
+        self._on_change = on_change
+        self._retry_at: float | None = None  # None: healthy
+        self.last_error: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self._retry_at is not None
+
+    async def _run(self, op: Callable[[StateStore], Awaitable[T]]) -> T:
+        if self._retry_at is None or self._clock() >= self._retry_at:
+            try:
+                result = await op(self.primary)
+            except (RedisError, OSError, TimeoutError) as exc:
+                first = self._retry_at is None
+                self._retry_at = self._clock() + self.retry_s
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if first:
+                    log.warning("state store unavailable, using local state: %s", self.last_error)
+                    if self._on_change is not None:
+                        self._on_change(True, self.last_error)
+            else:
+                if self._retry_at is not None:
+                    self._retry_at = None
+                    self.last_error = None
+                    log.info("state store available again")
+                    if self._on_change is not None:
+                        self._on_change(False, None)
+                return result
+        return await op(self.local)
+
+    async def incr(self, key: str, amount: float, ttl_s: float) -> float:
+        return await self._run(lambda s: s.incr(key, amount, ttl_s))
+
+    async def get(self, key: str) -> float | None:
+        return await self._run(lambda s: s.get(key))
+
+    async def compare_and_set(self, key: str, expected: str | None, new: str, ttl_s: float | None) -> bool:
+        return await self._run(lambda s: s.compare_and_set(key, expected, new, ttl_s))
+
+    async def get_str(self, key: str) -> str | None:
+        return await self._run(lambda s: s.get_str(key))
+
+    async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
+        await self._run(lambda s: s.set_str(key, value, ttl_s))
+
+    async def aclose(self) -> None:
+        await self.primary.aclose()
+        await self.local.aclose()
+
+    def __repr__(self) -> str:
+        state = f"degraded error={self.last_error!r}" if self.degraded else "healthy"
+        return f"<FallbackStore {state} primary={self.primary!r}>"

@@ -1,0 +1,255 @@
+"""Tenants: who is calling (API keys), how fast they may call, and how much they may spend a day.
+
+Keys arrive as ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` and are looked up by their
+SHA-256 digest; `Tenants` never keeps a plaintext key.
+
+Rate limits are GCRA (the generic cell rate algorithm, as in ATM networks and redis-cell): with
+`requests_per_minute` N, one request costs 60/N seconds of a "theoretical arrival time" (TAT), and a
+request passes while TAT stays within 60 s of now. So N requests pass at once, the next one waits
+60/N s for a slot to free (its Retry-After), and after a quiet minute the full N are back. Unlike a
+fixed window there is no double burst at a window edge, and the state is one number per tenant.
+`tokens_per_minute` works the same with a token as the unit: `admit` checks the request's estimate
+against it, `settle` charges the tokens actually used (the estimate is never charged, so nothing
+needs undoing). A request estimated above the whole per-minute allowance passes only when the
+tenant's token bucket is full, then drains it.
+
+Budgets are per UTC day: `admit` refuses once the day's spend reached `usd_per_day` (Retry-After: until
+midnight UTC), `settle` adds the request's cost. Concurrent requests admitted just under the budget
+may overshoot it by their own cost; that is the price of not reserving a cost that is unknown yet.
+
+All state lives in a `StateStore` (memory, or Redis shared by replicas), keyed by tenant name, so it
+survives a config reload. Times come from a wall clock, which replicas share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway.config import Tenant
+from gateway.errors import TooManyRequests, Unauthorized
+from gateway.state import MemoryStore, StateStore
+from gateway.types import Clock, Headers
+
+__all__ = ["TenantState", "Tenants"]
+
+_DAY_S = 86_400.0
+_MINUTE_S = 60.0
+_EPS = 1e-6  # float slack at exact edges: N intervals of 60/N seconds may sum to 60.000000000000014
+_CAS_ATTEMPTS = 16
+_WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="inference-gateway"')]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    """A configured tenant: its name and limits (no keys)."""
+
+    name: str
+    usd_per_day: float | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    @classmethod
+    def from_config(cls, tenant: Tenant) -> TenantState:
+        limits = tenant.rate_limit
+        return cls(
+            name=tenant.name,
+            usd_per_day=tenant.budget.usd_per_day if tenant.budget else None,
+            requests_per_minute=limits.requests_per_minute if limits else None,
+            tokens_per_minute=limits.tokens_per_minute if limits else None,
+        )
+
+    def __repr__(self) -> str:
+        parts = [f"<TenantState {self.name!r}"]
+        if self.requests_per_minute is not None:
+            parts.append(f"rpm={self.requests_per_minute}")
+        if self.tokens_per_minute is not None:
+            parts.append(f"tpm={self.tokens_per_minute}")
+        if self.usd_per_day is not None:
+            parts.append(f"usd_per_day={self.usd_per_day:g}")
+        return " ".join(parts) + ">"
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+def _presented_key(headers: Headers) -> bytes | None:
+    bearer: bytes | None = None
+    api_key: bytes | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                bearer = token.strip()
+        elif name == b"x-api-key" and value.strip():
+            api_key = value.strip()
+    return bearer if bearer is not None else api_key
+
+
+def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
+    # RFC 9110 10.2.3: whole seconds; rounded up, so a client that waits exactly that long gets in.
+    return [(b"retry-after", str(max(1, math.ceil(seconds - _EPS))).encode())]
+
+
+class Tenants:
+    """Authentication, rate limits and daily budgets for the configured tenants."""
+
+    def __init__(
+        self,
+        tenants: Iterable[tuple[TenantState, Iterable[str]]] | None,
+        *,
+        store: StateStore | None = None,
+        clock: Clock = time.time,
+        prefix: str = "tenant:",
+    ) -> None:
+        self._clock = clock
+        self._store: StateStore = store if store is not None else MemoryStore(clock=clock)
+        self._prefix = prefix
+        self.enabled = tenants is not None
+        self._by_name: dict[str, TenantState] = {}
+        # Looked up by digest, never compared with plaintext: timing can only tell an attacker how a
+        # guess's SHA-256 relates to a stored digest, which says nothing about the key (no constant-time
+        # comparison needed).
+        self._by_digest: dict[bytes, TenantState] = {}
+        for state, keys in tenants or ():
+            self._by_name[state.name] = state
+            for key in keys:
+                self._by_digest[_digest(key.encode())] = state
+
+    @classmethod
+    def from_config(
+        cls,
+        tenants: list[Tenant] | None,
+        *,
+        store: StateStore | None = None,
+        clock: Clock = time.time,
+        prefix: str = "tenant:",
+    ) -> Tenants:
+        """From the config's `tenants` list; None (the key absent) turns authentication off."""
+        states = None if tenants is None else [(TenantState.from_config(t), t.api_keys) for t in tenants]
+        return cls(states, store=store, clock=clock, prefix=prefix)
+
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    def get(self, name: str) -> TenantState | None:
+        return self._by_name.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def authenticate(self, headers: Headers) -> TenantState | None:
+        """The calling tenant; None when tenants are not configured. Raises Unauthorized (401)."""
+        if not self.enabled:
+            return None
+        key = _presented_key(headers)
+        if key is None:
+            raise Unauthorized(
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                headers=list(_WWW_AUTHENTICATE),
+            )
+        tenant = self._by_digest.get(_digest(key))
+        if tenant is None:
+            raise Unauthorized("unknown API key", headers=list(_WWW_AUTHENTICATE))
+        return tenant
+
+    # -- admission ------------------------------------------------------------------------------
+
+    async def admit(self, tenant: TenantState, estimated_tokens: int) -> None:
+        """Let a request through, or raise TooManyRequests (429) with Retry-After.
+
+        Checks the budget, then the token rate, then takes a request slot: the only charge here,
+        made last so that a refusal by the others costs the tenant nothing.
+        """
+        if tenant.usd_per_day is not None:
+            now = self._clock()
+            spent = await self._store.get(self._budget_key(tenant, now)) or 0.0
+            if spent >= tenant.usd_per_day:
+                raise TooManyRequests(
+                    f"tenant {tenant.name!r} spent its daily budget of {tenant.usd_per_day:g} USD; "
+                    "it renews at 00:00 UTC",
+                    headers=_retry_after(_DAY_S - now % _DAY_S),
+                )
+        if tenant.tokens_per_minute is not None and estimated_tokens > 0:
+            wait = await self._gcra(
+                self._key(tenant, "tokens"), tenant.tokens_per_minute, estimated_tokens, charge=False
+            )
+            if wait > 0:
+                raise TooManyRequests(
+                    f"tenant {tenant.name!r} is over its limit of {tenant.tokens_per_minute} tokens per minute",
+                    headers=_retry_after(wait),
+                )
+        if tenant.requests_per_minute is not None:
+            wait = await self._gcra(self._key(tenant, "requests"), tenant.requests_per_minute, 1, charge=True)
+            if wait > 0:
+                raise TooManyRequests(
+                    f"tenant {tenant.name!r} is over its limit of {tenant.requests_per_minute} requests per minute",
+                    headers=_retry_after(wait),
+                )
+
+    async def settle(self, tenant: TenantState, tokens: int, cost_usd: float) -> None:
+        """After the response: charge the tokens used to the token rate and the cost to today's budget."""
+        if tenant.tokens_per_minute is not None and tokens > 0:
+            await self._gcra(self._key(tenant, "tokens"), tenant.tokens_per_minute, tokens, charge=True, force=True)
+        if tenant.usd_per_day is not None and cost_usd > 0:
+            now = self._clock()
+            # Expires an hour after its day ends: late settles of that day's requests still find it.
+            await self._store.incr(self._budget_key(tenant, now), cost_usd, _DAY_S - now % _DAY_S + 3600)
+
+    async def spent_today(self, tenant: TenantState) -> float:
+        return await self._store.get(self._budget_key(tenant, self._clock())) or 0.0
+
+    async def remaining_budget(self, tenant: TenantState) -> float:
+        """USD left today (never below 0); math.inf for a tenant without a budget."""
+        if tenant.usd_per_day is None:
+            return math.inf
+        return max(0.0, tenant.usd_per_day - await self.spent_today(tenant))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _key(self, tenant: TenantState, what: str) -> str:
+        return f"{self._prefix}{tenant.name}:{what}"
+
+    def _budget_key(self, tenant: TenantState, now: float) -> str:
+        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        return f"{self._prefix}{tenant.name}:spent:{day}"
+
+    async def _gcra(self, key: str, per_minute: int, cost: int, *, charge: bool, force: bool = False) -> float:
+        """Seconds until `cost` units fit under `per_minute` (0.0: they fit, and were charged if `charge`).
+
+        `force` charges even when they do not fit (usage already happened); the debt delays later requests.
+        """
+        interval = _MINUTE_S / per_minute
+        if not force:
+            cost = min(cost, per_minute)  # more than the whole allowance: passes only with a full bucket
+        for _ in range(_CAS_ATTEMPTS):
+            now = self._clock()
+            raw = await self._store.get_str(key)
+            try:
+                tat = max(now, float(raw)) if raw is not None else now
+            except ValueError:
+                tat = now
+            new_tat = tat + cost * interval
+            allow_at = new_tat - _MINUTE_S
+            if not force and allow_at > now + _EPS:
+                return allow_at - now
+            if not charge:
+                return 0.0
+            # The key lives until the bucket is full again; then absence means the same as its value.
+            if await self._store.compare_and_set(key, raw, repr(new_tat), new_tat - now + 1.0):
+                return 0.0
+        # Lost the race every time: others are charging this tenant right now. Make this one wait.
+        return 1.0
+
+    def __repr__(self) -> str:
+        if not self.enabled:
+            return "<Tenants disabled>"
+        return f"<Tenants tenants={len(self._by_name)} keys={len(self._by_digest)} store={self._store!r}>"
