@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,10 +24,10 @@ from gateway.errors import (
     Unauthorized,
     render_error,
 )
+from gateway.metrics import Metrics
 from gateway.runtime import RuntimeHolder
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class _Json(JSONResponse):
@@ -36,9 +35,7 @@ class _Json(JSONResponse):
         return orjson.dumps(content)
 
 
-def create_admin_app(
-    holder: RuntimeHolder, token: str | None, audit: AuditLog, registry: CollectorRegistry
-) -> Starlette:
+def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) -> Starlette:
     expected = f"Bearer {token}".encode() if token else None
 
     def guarded(endpoint: Endpoint) -> Endpoint:
@@ -60,7 +57,7 @@ def create_admin_app(
         return _Json(detail, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(holder.shared.metrics.render(), media_type=Metrics.content_type)
 
     async def routes(request: Request) -> Response:
         ready, detail = holder.health.readiness()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from gateway.canary import BackendChooser
 from gateway.context import Attempt, Reply, RequestContext
+from gateway.contract_check import field_errors
 from gateway.errors import CircuitOpen, UpstreamError, UpstreamsExhausted, UpstreamStatus, UpstreamTimeout
 from gateway.forward import Forwarder, StreamStart, request_body
 from gateway.resilience import ResilienceState
@@ -202,7 +203,9 @@ class Attempts:
             async def resume(delivered: str, failure: str) -> StreamStart | None:
                 return await self._resume(ctx, delivered, failure, extra, deadline, tried)
 
-        return StreamGuard(ctx.request_id, state, resume=resume, clock=self._clock).run(reply.sse)
+        chunk_schema = ctx.contract.chunk if ctx.contract is not None else None
+        check = (lambda chunk: field_errors(chunk_schema.violations(chunk))) if chunk_schema is not None else None
+        return StreamGuard(ctx.request_id, state, check=check, resume=resume, clock=self._clock).run(reply.sse)
 
     async def _resume(
         self,

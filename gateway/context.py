@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.types import Headers
 
 if TYPE_CHECKING:
+    from gateway.contract_check import RouteContract
     from gateway.errors import UpstreamError
     from gateway.forward import StreamStart
     from gateway.routing import BackendTarget, CompiledRoute
@@ -47,6 +48,7 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     fallback_reason: str | None = None  # the first failure's reason, when another attempt answered
     stream: StreamState | None = None  # what the stream guard saw, for an SSE answer
+    contract: RouteContract | None = None  # contract_check.py
     after_response: list[Callable[[], None]] = field(default_factory=list)  # accounting, run after the last byte
 
     @property
@@ -81,3 +83,4 @@ class Reply:
     upstream: UpstreamResponse | None = None  # closed by the writer when the stream ends or breaks
     backend: BackendTarget | None = None
     sse: StreamStart | None = None  # set for an event stream: the events read before answering
+    document: Any = None  # the parsed answer, when the gateway had to parse it (response contract)

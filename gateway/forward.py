@@ -13,11 +13,14 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from gateway.context import Attempt, Reply, RequestContext
-from gateway.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
+from gateway.contract_check import ContractStats, field_errors
+from gateway.contracts import Schema
+from gateway.errors import FieldError, UpstreamBadResponse, UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 from gateway.headers import forwarded_for, to_client, to_upstream
 from gateway.routing import BackendTarget
 from gateway.sse import SseEvent, SseParser
@@ -64,9 +67,12 @@ class StreamStart:
 class Forwarder:
     """Sends one attempt; knows the header, body and URL rules but nothing about retries."""
 
-    def __init__(self, client: UpstreamClient, trusted: TrustedProxies, clock: Clock = time.perf_counter) -> None:
+    def __init__(
+        self, client: UpstreamClient, trusted: TrustedProxies, stats: ContractStats, clock: Clock = time.perf_counter
+    ) -> None:
         self._client = client
         self._trusted = trusted
+        self._stats = stats
         self._clock = clock
 
     async def attempt(
@@ -107,14 +113,31 @@ class Forwarder:
                 start = await _first_events(response, first_byte_by - self._clock(), backend.name)
                 return Reply(status, headers, stream=start.chunks, upstream=response, backend=backend, sse=start)
             length = _content_length(headers)
-            if length is not None and length <= BUFFER_LIMIT:
+            schema = ctx.contract.response if ctx.contract is not None and status < 300 else None
+            if schema is not None or (length is not None and length <= BUFFER_LIMIT):
                 body_bytes = await response.read()
                 await response.aclose()
-                return Reply(status, headers, body=body_bytes, backend=backend)
+                reply = Reply(status, headers, body=body_bytes, backend=backend)
+                if schema is not None:
+                    reply.document = self._check_response(ctx, schema, body_bytes, backend.name)
+                return reply
             return Reply(status, headers, stream=response.chunks(), upstream=response, backend=backend)
         except BaseException:
             await response.aclose()
             raise
+
+    def _check_response(self, ctx: RequestContext, schema: Schema, body: bytes, backend: str) -> Any:
+        """The parsed answer, or UpstreamBadResponse (reason `contract`) naming every failing field."""
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            errors = [FieldError("", f"not valid JSON: {exc}")]
+        else:
+            errors = field_errors(schema.violations(document))
+        if not errors:
+            return document
+        self._stats.violated(ctx.route.name, "response", errors)
+        raise UpstreamBadResponse(f"the response breaks the {schema.name} contract", backend=backend, errors=errors)
 
     @staticmethod
     def _url(ctx: RequestContext, backend: BackendTarget) -> str:

@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config import GatewayConfig, semantic_errors
+from gateway.contract_check import compile_contracts
 
 
 class ConfigError(Exception):
@@ -103,7 +104,9 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+def parse_config(
+    text: str, source: str = "<config>", env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> GatewayConfig:
     """Validate a config document; raise ConfigError listing every problem with its key path."""
     try:
         raw = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
@@ -126,6 +129,8 @@ def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | N
             source, [(key_path(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
         ) from None
     problems = semantic_errors(config)
+    # Contract files are compiled here too, so `gateway check` and a reload reject a bad schema.
+    problems += compile_contracts(config, base_dir or Path.cwd())[1]
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -139,4 +144,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         raise ConfigError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), [("", "the file is not UTF-8 text")]) from None
-    return parse_config(text, str(path), env)
+    return parse_config(text, str(path), env, path.parent)

@@ -18,10 +18,12 @@ from pathlib import Path
 from gateway.attempts import Attempts
 from gateway.canary import BackendChooser, WeightTable
 from gateway.config import GatewayConfig
+from gateway.contract_check import ContractCheck, ContractStats, compile_contracts
 from gateway.events import EventLog
 from gateway.forward import Forwarder, TrustedProxies
 from gateway.health import Health
 from gateway.loader import ConfigError, load_config
+from gateway.metrics import Metrics
 from gateway.pipeline import compose
 from gateway.resilience import BreakerState, CircuitBreaker, ResilienceState
 from gateway.routing import CompiledRoute, Router, Routing
@@ -41,12 +43,16 @@ class Shared:
     tasks: TaskSet = field(default_factory=TaskSet)
     weights: WeightTable = field(default_factory=WeightTable)
     rng: random.Random = field(default_factory=random.Random)
+    metrics: Metrics = field(default_factory=Metrics)
     resilience: ResilienceState = field(init=False)
+    contract_stats: ContractStats = field(init=False)
 
     def __post_init__(self) -> None:
         self.resilience = ResilienceState(time.perf_counter, self._circuit_changed)
+        self.contract_stats = ContractStats(self.metrics)
 
     def _circuit_changed(self, breaker: CircuitBreaker, before: BreakerState, after: BreakerState, reason: str) -> None:
+        self.metrics.set_circuit(breaker.route, breaker.backend, after.value)
         self.events.record(
             "circuit",
             f"{before.value} -> {after.value}: {reason}",
@@ -64,15 +70,19 @@ class Runtime:
     handle: Next
 
 
-def build_runtime(config: GatewayConfig, shared: Shared) -> Runtime:
+def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runtime:
     """Compile a validated config into the request pipeline. The stage order lives here, and only here."""
     routes = [CompiledRoute.compile(route) for route in config.routes]
     router = Router(routes)
     choosers = {r.name: BackendChooser(r, shared.weights.weights(r.name), shared.rng) for r in routes}
+    contracts, problems = compile_contracts(config, base_dir)
+    if problems:
+        raise ConfigError("<config>", problems)
     stages: list[Stage] = [
         Routing(router),
+        ContractCheck(contracts, shared.contract_stats),
     ]
-    forwarder = Forwarder(shared.client, TrustedProxies(config.listen.trusted_proxies))
+    forwarder = Forwarder(shared.client, TrustedProxies(config.listen.trusted_proxies), shared.contract_stats)
     terminal = Attempts(forwarder, choosers, shared.resilience, shared.tasks, rng=shared.rng)
     return Runtime(config=config, router=router, choosers=choosers, handle=compose(stages, terminal))
 
@@ -89,10 +99,11 @@ class RuntimeHolder:
 
     def __init__(self, config: GatewayConfig, shared: Shared, path: Path | None) -> None:
         self.path = path
+        self._base_dir = path.parent if path is not None else Path.cwd()
         self.shared = shared
         self.events = shared.events
         shared.weights.sync(config.routes)
-        self.current = build_runtime(config, shared)
+        self.current = build_runtime(config, shared, self._base_dir)
         self.health = Health(lambda: self.current.config)
         self._stamp = _stamp(path)
 
@@ -112,7 +123,7 @@ class RuntimeHolder:
             self.events.record(
                 "weights", "the file changed this route's weights: run-time weights dropped", route=route, actor=actor
             )
-        self.current = build_runtime(config, self.shared)
+        self.current = build_runtime(config, self.shared, self._base_dir)
         message = f"config reloaded from {self.path} ({len(config.routes)} routes)"
         self.events.record("reload", message, actor=actor)
         if (

@@ -14,7 +14,6 @@ from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
-from prometheus_client import CollectorRegistry
 
 from gateway.admin import create_admin_app
 from gateway.audit import AuditLog
@@ -60,8 +59,7 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
     if not config.admin.token and admin_host not in LOOPBACK:
         log.warning("admin.token is not set: the admin port binds to 127.0.0.1 instead of %s", admin_host)
         admin_host = "127.0.0.1"
-    registry = CollectorRegistry()
-    admin_app = create_admin_app(holder, config.admin.token or None, AuditLog(config.admin.audit_log), registry)
+    admin_app = create_admin_app(holder, config.admin.token or None, AuditLog(config.admin.audit_log))
     listen = config.listen
     data = _Server(
         _uvicorn_config(DataPlane(holder, tasks), listen.host, listen.port, listen.keepalive_s, listen.drain_s)
