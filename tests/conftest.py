@@ -50,3 +50,17 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     yield start
     for gateway in started:
         gateway.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def contract_gateway(demo_v1: DemoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway with the openai.chat contract, shared by the fuzz test's many examples."""
+    route = {
+        "name": "chat",
+        "match": {"path": "/v1/chat/completions"},
+        "contract": {"request": "openai.chat", "response": "openai.chat"},
+        "backends": [{"name": "v1", "url": demo_v1.url}],
+    }
+    gateway = start_gateway({"routes": [route]}, tmp_path_factory.mktemp("contract"))
+    yield gateway
+    gateway.proc.stop()
