@@ -26,6 +26,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.runtime import RuntimeHolder
+from gateway.stats import stats_snapshot
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -82,6 +83,9 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
                 }
             )
         return _Json({"routes": out})
+
+    async def stats(request: Request) -> Response:
+        return _Json(await stats_snapshot(holder))
 
     async def reload(request: Request) -> Response:
         actor = _actor(request)
@@ -153,6 +157,7 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
             Route("/admin/routes", guarded(routes)),
             Route("/admin/reload", guarded(reload), methods=["POST"]),
             Route("/admin/events", guarded(events)),
+            Route("/admin/stats", guarded(stats)),
             Route("/admin/routes/{route}/weights", guarded(put_weights), methods=["PUT"]),
             Route("/admin/routes/{route}/promote", guarded(promote), methods=["POST"]),
             Route("/admin/routes/{route}/rollback", guarded(rollback), methods=["POST"]),

@@ -10,10 +10,12 @@ from gateway.types import Headers
 
 if TYPE_CHECKING:
     from gateway.contract_check import RouteContract
+    from gateway.cost import Usage
     from gateway.errors import UpstreamError
     from gateway.forward import StreamStart
     from gateway.routing import BackendTarget, CompiledRoute
     from gateway.streaming import StreamState
+    from gateway.tenants import TenantState
     from gateway.upstream.base import UpstreamResponse
 
 
@@ -49,6 +51,9 @@ class RequestContext:
     fallback_reason: str | None = None  # the first failure's reason, when another attempt answered
     stream: StreamState | None = None  # what the stream guard saw, for an SSE answer
     contract: RouteContract | None = None  # contract_check.py
+    tenant: TenantState | None = None  # admission.py
+    usage: Usage | None = None  # accounting.py
+    cost_usd: float | None = None  # accounting.py
     after_response: list[Callable[[], None]] = field(default_factory=list)  # accounting, run after the last byte
 
     @property

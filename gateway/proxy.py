@@ -61,6 +61,9 @@ class DataPlane:
             reply = await runtime.handle(ctx)
         except GatewayError as exc:
             await _send_error(send, exc, request_id, ctx)
+            if ctx is not None:
+                for callback in ctx.after_response:
+                    callback()
             return
         except Exception:
             log.exception("unhandled error on request %s", request_id)

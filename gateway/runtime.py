@@ -15,19 +15,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.accounting import Accounting, TrafficStats
+from gateway.admission import Admission
 from gateway.attempts import Attempts
 from gateway.canary import BackendChooser, WeightTable
 from gateway.config import GatewayConfig
 from gateway.contract_check import ContractCheck, ContractStats, compile_contracts
+from gateway.cost import CostLedger
 from gateway.events import EventLog
 from gateway.forward import Forwarder, TrustedProxies
 from gateway.health import Health
+from gateway.latency import LatencyBook
 from gateway.loader import ConfigError, load_config
 from gateway.metrics import Metrics
 from gateway.pipeline import compose
 from gateway.resilience import BreakerState, CircuitBreaker, ResilienceState
 from gateway.routing import CompiledRoute, Router, Routing
+from gateway.state import MemoryStore, StateStore
 from gateway.tasks import TaskSet
+from gateway.tenants import Tenants
 from gateway.types import Next, Stage
 from gateway.upstream import UpstreamClient
 
@@ -43,7 +49,11 @@ class Shared:
     tasks: TaskSet = field(default_factory=TaskSet)
     weights: WeightTable = field(default_factory=WeightTable)
     rng: random.Random = field(default_factory=random.Random)
+    store: StateStore = field(default_factory=MemoryStore)
     metrics: Metrics = field(default_factory=Metrics)
+    latency: LatencyBook = field(default_factory=LatencyBook)
+    ledger: CostLedger = field(default_factory=CostLedger)
+    traffic: TrafficStats = field(default_factory=TrafficStats)
     resilience: ResilienceState = field(init=False)
     contract_stats: ContractStats = field(init=False)
 
@@ -67,6 +77,7 @@ class Runtime:
     config: GatewayConfig
     router: Router
     choosers: dict[str, BackendChooser]
+    tenants: Tenants
     handle: Next
 
 
@@ -78,13 +89,30 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
     contracts, problems = compile_contracts(config, base_dir)
     if problems:
         raise ConfigError("<config>", problems)
+    tenants = Tenants.from_config(config.tenants, store=shared.store)
+    prices = {(r.name, b.name): b.price for r in config.routes for b in r.backends}
+    accounting = Accounting(
+        latency=shared.latency,
+        ledger=shared.ledger,
+        metrics=shared.metrics,
+        traffic=shared.traffic,
+        contract_stats=shared.contract_stats,
+        tenants=tenants,
+        tasks=shared.tasks,
+        prices=prices,
+    )
     stages: list[Stage] = [
+        accounting,
+        Admission(tenants),
         Routing(router),
         ContractCheck(contracts, shared.contract_stats),
     ]
     forwarder = Forwarder(shared.client, TrustedProxies(config.listen.trusted_proxies), shared.contract_stats)
-    terminal = Attempts(forwarder, choosers, shared.resilience, shared.tasks, rng=shared.rng)
-    return Runtime(config=config, router=router, choosers=choosers, handle=compose(stages, terminal))
+    terminal = Attempts(forwarder, choosers, shared.resilience, shared.tasks, latency=shared.latency, rng=shared.rng)
+    for route in routes:
+        for name, weight in choosers[route.name].weights.items():
+            shared.metrics.set_weight(route.name, name, weight)
+    return Runtime(config=config, router=router, choosers=choosers, tenants=tenants, handle=compose(stages, terminal))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +166,8 @@ class RuntimeHolder:
         """Change a route's weights now (the current runtime's chooser and the table that survives reloads)."""
         before = self.shared.weights.set(route, weights)
         self.current.choosers[route].update(weights)
+        for name, weight in weights.items():
+            self.shared.metrics.set_weight(route, name, weight)
         return before
 
     async def watch(self, interval_s: float = 1.0) -> None:

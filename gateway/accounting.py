@@ -1,0 +1,184 @@
+"""Stage: what each request cost and how long it took, recorded after the response is sent.
+
+On the way back it prices a non-streamed answer (for `x-gateway-cost-usd`); everything else
+(latency sketches, cost ledger, metrics, tenant settlement, access log) runs from the
+`after_response` hook, once the last byte has left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.config import Price
+from gateway.context import Reply, RequestContext
+from gateway.contract_check import ContractStats
+from gateway.cost import CostLedger, Usage, cost_usd, estimate_usage, usage_from_chunk, usage_from_response, waste_usd
+from gateway.errors import GatewayError
+from gateway.latency import LatencyBook
+from gateway.metrics import Metrics
+from gateway.resilience import SlidingCounter
+from gateway.tasks import TaskSet
+from gateway.tenants import Tenants, TenantState
+from gateway.types import Clock, Next
+
+COST_HEADER = b"x-gateway-cost-usd"
+
+
+@dataclass
+class TrafficStats:
+    """Requests and errors per (route, backend) over 1 and 10 minutes, and fallbacks by reason."""
+
+    clock: Clock = time.monotonic
+    requests: dict[tuple[str, str], tuple[SlidingCounter, SlidingCounter]] = field(default_factory=dict)
+    errors: dict[tuple[str, str], tuple[SlidingCounter, SlidingCounter]] = field(default_factory=dict)
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def _pair(self, table: dict[tuple[str, str], tuple[SlidingCounter, SlidingCounter]], key: tuple[str, str]) -> Any:
+        pair = table.get(key)
+        if pair is None:
+            pair = table[key] = (SlidingCounter(60, self.clock), SlidingCounter(600, self.clock))
+        return pair
+
+    def add(self, route: str, backend: str, failed: bool) -> None:
+        for counter in self._pair(self.requests, (route, backend)):
+            counter.add()
+        if failed:
+            for counter in self._pair(self.errors, (route, backend)):
+                counter.add()
+
+    def snapshot(self, route: str, backend: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, window in enumerate(("1m", "10m")):
+            requests = self._pair(self.requests, (route, backend))[i].total()
+            errors = self._pair(self.errors, (route, backend))[i].total()
+            out[window] = {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else 0.0}
+        return out
+
+
+class Accounting:
+    """Outermost stage: sees every reply and every failure."""
+
+    def __init__(
+        self,
+        *,
+        latency: LatencyBook,
+        ledger: CostLedger,
+        metrics: Metrics,
+        traffic: TrafficStats,
+        contract_stats: ContractStats,
+        tenants: Tenants,
+        tasks: TaskSet,
+        prices: dict[tuple[str, str], Price | None],
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self._latency = latency
+        self._ledger = ledger
+        self._metrics = metrics
+        self._traffic = traffic
+        self._contract_stats = contract_stats
+        self._tenants = tenants
+        self._tasks = tasks
+        self._prices = prices
+        self._clock = clock
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+        try:
+            reply = await call_next(ctx)
+        except GatewayError as exc:
+            status = exc.status  # `exc` is unbound after the except block; the hook runs later
+            ctx.after_response.append(lambda: self._record(ctx, status, None))
+            raise
+        if reply.stream is None and reply.backend is not None:
+            usage, cost = self._price(ctx, reply, self._upstream_s(ctx))
+            ctx.usage, ctx.cost_usd = usage, cost
+            reply.headers.append((COST_HEADER, f"{cost:.8f}".rstrip("0").rstrip(".").encode() or b"0"))
+        ctx.after_response.append(lambda: self._record(ctx, reply.status, reply))
+        return reply
+
+    def _upstream_s(self, ctx: RequestContext) -> float:
+        answered = next((a for a in reversed(ctx.attempts) if a.error is None and a.status is not None), None)
+        return self._clock() - answered.started_at if answered is not None else 0.0
+
+    def _price(self, ctx: RequestContext, reply: Reply, upstream_s: float) -> tuple[Usage | None, float]:
+        assert reply.backend is not None
+        price = self._prices.get((ctx.route.name, reply.backend.name))
+        usage = self._usage(ctx, reply)
+        return usage, cost_usd(price, usage, upstream_s)
+
+    def _usage(self, ctx: RequestContext, reply: Reply) -> Usage | None:
+        state = ctx.stream
+        if state is not None:
+            usage = usage_from_chunk({"usage": state.usage}) if state.usage else None
+            return usage or estimate_usage(ctx.document, len(state.delivered_text))
+        document = reply.document
+        if document is None and b'"usage"' in reply.body:
+            try:
+                document = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                return None
+        return usage_from_response(document) if document is not None else None
+
+    def _record(self, ctx: RequestContext, status: int, reply: Reply | None) -> None:
+        now = self._clock()
+        route = ctx.route.name if ctx.has_route else ""
+        backend = reply.backend.name if reply is not None and reply.backend is not None else None
+        tenant = ctx.tenant.name if ctx.tenant is not None else None
+        answered = next((a for a in reversed(ctx.attempts) if a.backend == backend and a.error is None), None)
+        upstream_s = (answered.headers_at - answered.started_at) if answered and answered.headers_at else None
+        state = ctx.stream
+        ttft_s = state.first_event_at - ctx.received_at if state is not None and state.first_event_at else None
+        usage, cost = ctx.usage, ctx.cost_usd
+        if reply is not None and reply.stream is not None and backend is not None:
+            usage, cost = self._price(ctx, reply, now - answered.started_at if answered else 0.0)
+            ctx.usage, ctx.cost_usd = usage, cost
+        failed = status >= 500 or (state is not None and state.error is not None)
+        outcome = "error" if failed else ("fallback" if ctx.fallback_reason else "ok")
+        if backend is None and status < 500:
+            outcome = "rejected"
+        total_s = now - ctx.received_at
+        if route:
+            self._traffic.add(route, backend or "", failed)
+            if ctx.fallback_reason is not None:
+                self._traffic.fallbacks[(route, ctx.fallback_reason)] += 1
+                self._metrics.fallback(route, ctx.fallback_reason)
+            if backend is not None:
+                self._latency.record(
+                    route, backend, total_s * 1000, upstream_s * 1000 if upstream_s is not None else None,
+                    ttft_s * 1000 if ttft_s is not None else None,
+                )  # fmt: skip
+                self._ledger.record(route, backend, tenant, cost_usd=cost or 0.0, usage=usage)
+            for attempt in ctx.attempts:  # failed attempts are never billed as completions: they are waste
+                if attempt.error is not None:
+                    spent = (attempt.headers_at or now) - attempt.started_at
+                    wasted = waste_usd(self._prices.get((route, attempt.backend)), spent)
+                    self._ledger.record_waste(route, attempt.backend, tenant, wasted)
+                    self._metrics.waste(route, attempt.backend, tenant, wasted)
+            if state is not None and (state.dropped or state.violations):
+                self._contract_stats.dropped_events[route] += state.dropped
+                self._contract_stats.violated(route, "response", state.violations)
+        self._metrics.observe_request(
+            route,
+            backend,
+            tenant,
+            status,
+            outcome,
+            total_s,
+            upstream_s=upstream_s,
+            ttft_s=ttft_s,
+            cost_usd=cost or 0.0,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+        )
+        if ctx.tenant is not None and backend is not None:
+            tokens = usage.total_tokens if usage else 0
+            self._tasks.spawn(self._settle(ctx.tenant, tokens, cost or 0.0), name="tenant-settle")
+
+    async def _settle(self, tenant: TenantState, tokens: int, cost: float) -> None:
+        await self._tenants.settle(tenant, tokens, cost)
+        if tenant.usd_per_day is not None:
+            self._metrics.set_budget_remaining(tenant.name, await self._tenants.remaining_budget(tenant))

@@ -1,0 +1,156 @@
+"""Cost, tenants, stats, metrics and hedging through the real gateway."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.procs import DemoServer, Gateway
+
+GatewayFactory = Callable[..., Gateway]
+Demos = tuple[DemoServer, DemoServer]
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three four"}]}
+FAST = {"connect_s": 0.3, "first_byte_s": 1.0, "idle_s": 1.0, "attempt_s": 1.5, "request_s": 3.0}
+TOKEN_PRICE = {"input_per_1k_tokens": 1.0, "output_per_1k_tokens": 2.0}
+
+
+def chat(v1: DemoServer, v2: DemoServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "chat",
+        "match": {"path": "/v1/chat/completions"},
+        "backends": [
+            {"name": "v1", "url": v1.url, "stable": True, "weight": 0, "price": TOKEN_PRICE},
+            {"name": "v2", "url": v2.url, "weight": 100, "price": {"per_second": 10.0, "per_request": 0.5}},
+        ],
+        "timeouts": FAST,
+        **extra,
+    }
+
+
+def samples(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{gateway.admin_url}/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_token_priced_cost_header_and_only_the_answer_is_billed(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    v2.control(mode="status", status=500)
+    gateway = gateway_factory({"routes": [chat(v1, v2)]})
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT)
+    assert response.headers["x-gateway-backend"] == "v1"
+    usage = response.json()["usage"]
+    expected = usage["prompt_tokens"] / 1000 * 1.0 + usage["completion_tokens"] / 1000 * 2.0
+    assert float(response.headers["x-gateway-cost-usd"]) == round(expected, 8)
+    stats = httpx.get(f"{gateway.admin_url}/admin/stats").json()
+    backends = stats["routes"]["chat"]["backends"]
+    assert backends["v1"]["cost"]["cost_usd"] == expected
+    assert backends["v1"]["cost"]["input_tokens"] == usage["prompt_tokens"]
+    assert backends["v2"]["cost"]["cost_usd"] == 0  # the failed attempt is not billed as a completion ...
+    assert backends["v2"]["cost"]["wasted_usd"] >= 0.5  # ... but its per-request price is waste
+    assert stats["routes"]["chat"]["fallbacks"] == {"status_5xx": 1}
+
+
+def test_time_priced_cost(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    v2.control(mode="delay", delay_ms=200)
+    gateway = gateway_factory({"routes": [chat(v1, v2)]})
+    cost = float(httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT).headers["x-gateway-cost-usd"])
+    assert 0.5 + 10 * 0.2 <= cost <= 0.5 + 10 * 0.4  # per_request + per_second x upstream time
+
+
+def test_streamed_cost_reaches_metrics(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    gateway = gateway_factory(
+        {"routes": [chat(v1, v2, backends=[{**chat(v1, v2)["backends"][1], "price": TOKEN_PRICE}])]}
+    )
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        response.read()
+    assert "x-gateway-cost-usd" not in response.headers  # headers left before the cost was known
+    time.sleep(0.1)
+    values = samples(gateway)
+    tokens = {k[1]: v for k, v in values.items() if k[0] == "gateway_tokens_total"}
+    assert any(v > 0 for k, v in tokens.items() if ("type", "output") in k)
+    cost = [v for k, v in values.items() if k[0] == "gateway_cost_usd_total"]
+    assert cost and cost[0] > 0
+    ttft = [v for k, v in values.items() if k[0] == "gateway_time_to_first_token_seconds_count"]
+    assert ttft == [1.0]
+
+
+def test_stats_report_requests_percentiles_and_contract_violations(
+    demos: Demos, gateway_factory: GatewayFactory
+) -> None:
+    v1, v2 = demos
+    gateway = gateway_factory({"routes": [chat(v1, v2, contract={"request": "openai.chat"})]})
+    with httpx.Client() as client:
+        for _ in range(20):
+            assert client.post(f"{gateway.url}/v1/chat/completions", json=CHAT).status_code == 200
+        assert client.post(f"{gateway.url}/v1/chat/completions", json={"model": "m"}).status_code == 422
+    route = httpx.get(f"{gateway.admin_url}/admin/stats").json()["routes"]["chat"]
+    v2_stats = route["backends"]["v2"]
+    assert v2_stats["traffic"]["1m"]["requests"] == 20
+    assert v2_stats["traffic"]["1m"]["error_rate"] == 0
+    total = v2_stats["latency_ms"]["1m"]["total"]
+    assert total["count"] == 20
+    assert 0 < total["p50"] <= total["p90"] <= total["p99"] <= total["p99.9"]
+    assert route["contracts"]["violations"] == {"request:/messages": 1}
+    requests = samples(gateway)
+    ok = [v for k, v in requests.items() if k[0] == "gateway_requests_total" and ("backend", "v2") in k[1]]
+    assert ok == [20.0]
+
+
+def test_tenants_keys_rate_limits_and_budgets(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    tenants = [
+        {"name": "team-a", "api_keys": ["${KEY_A}"], "rate_limit": {"requests_per_minute": 3}},
+        {"name": "team-b", "api_keys": ["key-b"], "budget": {"usd_per_day": 0.001}},
+    ]
+    gateway = gateway_factory({"tenants": tenants, "routes": [chat(v1, v2)]}, env={"KEY_A": "key-a"})
+    url = f"{gateway.url}/v1/chat/completions"
+    missing = httpx.post(url, json=CHAT)
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert httpx.post(url, json=CHAT, headers={"authorization": "Bearer nope"}).status_code == 401
+    team_a = {"authorization": "Bearer key-a"}
+    assert [httpx.post(url, json=CHAT, headers=team_a).status_code for _ in range(4)] == [200, 200, 200, 429]
+    limited = httpx.post(url, json=CHAT, headers=team_a)
+    assert limited.status_code == 429
+    assert 1 <= int(limited.headers["retry-after"]) <= 20
+    # team-b: the first request (per_request 0.5 USD) spends the whole day's budget.
+    team_b = {"x-api-key": "key-b"}
+    assert httpx.post(url, json=CHAT, headers=team_b).status_code == 200
+    time.sleep(0.1)  # settlement runs after the response
+    over = httpx.post(url, json=CHAT, headers=team_b)
+    assert over.status_code == 429
+    assert int(over.headers["retry-after"]) > 0
+    # the upstream never saw the client's key
+    assert all("key-" not in str(r["headers"]) for r in v2.stats()["requests"])
+    stats = httpx.get(f"{gateway.admin_url}/admin/stats").json()["tenants"]
+    assert stats["team-b"]["spent_today_usd"] >= 0.5
+
+
+def test_hedge_wins_and_the_loser_is_cancelled(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    route = chat(v1, v2, hedge={"after_percentile": 95, "max_ratio": 0.5, "min_delay_ms": 20})
+    gateway = gateway_factory({"routes": [route]})
+    url = f"{gateway.url}/v1/chat/completions"
+    with httpx.Client() as client:
+        for _ in range(25):  # the live p95 needs samples
+            client.post(url, json=CHAT)
+    time.sleep(1.1)  # the percentile is cached for a second
+    v2.control(mode="delay", delay_ms=1500, count=1)
+    started = time.monotonic()
+    response = httpx.post(url, json=CHAT)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.headers["x-gateway-backend"] == "v1"
+    assert response.headers["x-gateway-attempts"] == "2"
+    assert elapsed < 0.5  # did not wait for the slow canary
+    assert v1.stats()["total"] == 1
