@@ -18,8 +18,15 @@ log = logging.getLogger("gateway")
 class Health:
     """Probes each backend's TCP port every `interval_s`; `/readyz` answers from the last results."""
 
-    def __init__(self, config: Callable[[], GatewayConfig], interval_s: float = 2.0, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        state: Callable[[], dict[str, Any]] = dict,
+        interval_s: float = 2.0,
+        timeout_s: float = 1.0,
+    ) -> None:
         self._config = config
+        self._state = state
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._reachable: dict[tuple[str, int], bool] = {}  # (host, port) -> last probe result
@@ -54,7 +61,8 @@ class Health:
             backends = {b.name: self._reachable.get(_origin(b.url), False) for b in route.backends}
             routes[route.name] = backends
             ready = ready and any(backends.values())
-        return ready, {"status": "ready" if ready else "not ready", "draining": self.draining, "routes": routes}
+        detail = {"status": "ready" if ready else "not ready", "draining": self.draining, "routes": routes}
+        return ready, {**detail, "state": self._state()}
 
     async def answer(self, path: str, send: Any) -> None:
         """Answer /healthz or /readyz as plain ASGI (the data port serves them too)."""

@@ -14,6 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.accounting import Accounting, TrafficStats
 from gateway.admission import Admission
@@ -31,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import compose
 from gateway.resilience import BreakerState, CircuitBreaker, ResilienceState
 from gateway.routing import CompiledRoute, Router, Routing
-from gateway.state import MemoryStore, StateStore
+from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants
 from gateway.types import Next, Stage
@@ -60,6 +61,27 @@ class Shared:
     def __post_init__(self) -> None:
         self.resilience = ResilienceState(time.perf_counter, self._circuit_changed)
         self.contract_stats = ContractStats(self.metrics)
+
+    @classmethod
+    def for_config(cls, config: GatewayConfig, client: UpstreamClient) -> Shared:
+        """Shared state for `gateway serve`: Redis-backed counters when `state.backend` is redis."""
+        shared = cls(client)
+        if config.state.backend == "redis":
+            shared.store = FallbackStore(RedisStore.from_url(config.state.url), on_change=shared._state_changed)
+        return shared
+
+    def state_detail(self) -> dict[str, Any]:
+        store = self.store
+        if isinstance(store, FallbackStore):
+            return {"backend": "redis", "degraded": store.degraded, "error": store.last_error}
+        return {"backend": "memory", "degraded": False}
+
+    def _state_changed(self, degraded: bool, error: str | None) -> None:
+        # A replica that loses Redis keeps serving on local counters, and says so.
+        if degraded:
+            self.events.record("state_degraded", f"Redis unreachable, serving on local state: {error}")
+        else:
+            self.events.record("state_restored", "Redis reachable again")
 
     def _circuit_changed(self, breaker: CircuitBreaker, before: BreakerState, after: BreakerState, reason: str) -> None:
         self.metrics.set_circuit(breaker.route, breaker.backend, after.value)
@@ -132,7 +154,7 @@ class RuntimeHolder:
         self.events = shared.events
         shared.weights.sync(config.routes)
         self.current = build_runtime(config, shared, self._base_dir)
-        self.health = Health(lambda: self.current.config)
+        self.health = Health(lambda: self.current.config, shared.state_detail)
         self._stamp = _stamp(path)
 
     def reload(self, actor: str = "gateway") -> ReloadResult:

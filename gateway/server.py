@@ -52,7 +52,7 @@ def _uvicorn_config(app: object, host: str, port: int, keepalive_s: float, drain
 
 
 async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event | None = None) -> None:
-    shared = Shared(make_client(config.upstream))
+    shared = Shared.for_config(config, make_client(config.upstream))
     tasks = shared.tasks
     holder = RuntimeHolder(config, shared, path)
     admin_host = config.admin.host
@@ -100,6 +100,7 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
             task.cancel()
         await tasks.drain(timeout_s=2.0)
         await shared.client.aclose()
+        await shared.store.aclose()
         log.info("gateway stopped")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -154,3 +155,37 @@ def test_hedge_wins_and_the_loser_is_cancelled(demos: Demos, gateway_factory: Ga
     assert response.headers["x-gateway-attempts"] == "2"
     assert elapsed < 0.5  # did not wait for the slow canary
     assert v1.stats()["total"] == 1
+
+
+def test_replicas_share_rate_limits_through_redis(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    name = f"team-{uuid.uuid4().hex[:8]}"  # fresh Redis keys for every run
+    config = {
+        "state": {"backend": "redis", "url": "redis://127.0.0.1:6379/0"},
+        "tenants": [{"name": name, "api_keys": ["shared-key"], "rate_limit": {"requests_per_minute": 4}}],
+        "routes": [chat(v1, v2)],
+    }
+    first, second = gateway_factory(config), gateway_factory(config)
+    key = {"authorization": "Bearer shared-key"}
+    statuses = [
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=key).status_code
+        for gateway in (first, second, first, second, first)
+    ]
+    assert statuses == [200, 200, 200, 200, 429]
+    assert httpx.get(f"{first.url}/readyz").json()["state"] == {"backend": "redis", "degraded": False, "error": None}
+
+
+def test_a_replica_that_loses_redis_keeps_serving(demos: Demos, gateway_factory: GatewayFactory) -> None:
+    v1, v2 = demos
+    config = {
+        "state": {"backend": "redis", "url": "redis://127.0.0.1:9/0"},
+        "tenants": [{"name": "team", "api_keys": ["k"], "rate_limit": {"requests_per_minute": 100}}],
+        "routes": [chat(v1, v2)],
+    }
+    gateway = gateway_factory(config)
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"x-api-key": "k"})
+    assert response.status_code == 200
+    state = httpx.get(f"{gateway.url}/readyz").json()["state"]
+    assert state["degraded"] is True
+    kinds = [e["kind"] for e in httpx.get(f"{gateway.admin_url}/admin/events").json()["events"]]
+    assert "state_degraded" in kinds
