@@ -160,6 +160,76 @@ class Hedge(Model):
     min_delay_ms: float = Field(5.0, ge=0)  # never hedge sooner than this, even when the percentile is lower
 
 
+class Slo(Model):
+    p99_ms: float | None = Field(None, gt=0)  # a request slower than this spends error budget
+    error_rate: float = Field(0.01, gt=0, lt=1)  # the budget: the share of requests allowed to be bad
+    short_window_s: PositiveSeconds = 300.0  # burn rate windows (Google SRE workbook: 5 min and 1 h)
+    long_window_s: PositiveSeconds = 3600.0
+
+
+class CanaryAnalysis(Model):
+    interval_s: PositiveSeconds = 10.0
+    min_requests: int = Field(200, ge=1)  # per backend within the interval, before any verdict
+    max_error_rate_delta: float = Field(0.02, ge=0)
+    max_p99_ratio: float = Field(1.5, gt=0)
+    max_contract_violation_rate: float = Field(0.01, ge=0)
+    max_prediction_divergence: float = Field(0.2, ge=0)
+    min_accuracy_delta: float = -0.02  # canary accuracy may trail stable by at most this (needs feedback)
+    max_burn_rate_ratio: float = Field(2.0, gt=0)  # needs `slo`
+    steps: list[float] = Field([5, 10, 25, 50, 100], min_length=1)
+    webhook: str | None = None  # POSTed on rollback, promotion and drift alerts
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(steps):
+            raise ValueError("steps must be increasing percentages in (0, 100]")
+        return steps
+
+    @field_validator("webhook")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class Shadow(Model):
+    backend: str  # a backend of this route (usually weight 0)
+    ratio: float = Field(gt=0, le=1)
+
+
+class Feature(Model):
+    name: str = Field(min_length=1)
+    pointer: str = Field(pattern=r"^(/.*)?$")  # RFC 6901, with `*` for every element of an array
+    kind: Literal["numeric", "categorical"] = "numeric"
+    bins: int = Field(10, ge=2, le=100)  # numeric: equal-width bins over the baseline (or quantile bins from it)
+
+
+class Prediction(Model):
+    pointer: str = Field(pattern=r"^(/.*)?$")
+    kind: Literal["numeric", "categorical"] = "categorical"
+
+
+class Confidence(Model):
+    pointer: str = Field(pattern=r"^(/.*)?$")
+
+
+class Drift(Model):
+    metric: Literal["psi", "js"] = "psi"
+    warn: float = Field(0.1, ge=0)
+    alert: float = Field(0.25, ge=0)
+    baseline: str | None = None  # a file built by `gateway baseline` (relative to the config file)
+    window_s: PositiveSeconds = 600.0  # live distributions are compared over this window
+
+
+class Monitor(Model):
+    features: list[Feature] = []
+    prediction: Prediction | None = None
+    confidence: Confidence | None = None
+    drift: Drift | None = None
+    feedback_ttl_s: PositiveSeconds = 3600.0  # how long a prediction waits for its label
+    feedback_max_entries: int = Field(100_000, ge=1)
+
+
 class Route(Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     owner: str | None = None
@@ -172,6 +242,10 @@ class Route(Model):
     fallback: Fallback = Fallback()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     hedge: Hedge | None = None
+    slo: Slo | None = None
+    canary_analysis: CanaryAnalysis | None = None
+    shadow: Shadow | None = None
+    monitor: Monitor | None = None
     error_format: Literal["problem", "openai"] = "problem"
 
 
@@ -211,6 +285,13 @@ def semantic_errors(config: GatewayConfig) -> list[tuple[str, str]]:
             problems.append((f"{where}.backends[{stables[1]}].stable", "only one backend of a route can be stable"))
         if sum(b.weight for b in route.backends) <= 0:
             problems.append((f"{where}.backends", "at least one backend needs a weight above 0"))
+        if route.shadow is not None and route.shadow.backend not in seen_backends:
+            problems.append((f"{where}.shadow.backend", f"no backend named {route.shadow.backend!r} in this route"))
+        if route.canary_analysis is not None and len(route.backends) < 2:
+            problems.append((f"{where}.canary_analysis", "needs a stable and a canary backend"))
+        drift = route.monitor.drift if route.monitor is not None else None
+        if drift is not None and drift.alert < drift.warn:
+            problems.append((f"{where}.monitor.drift.alert", "must be at least `warn`"))
     owners: dict[str, str] = {}
     for i, tenant in enumerate(config.tenants or []):
         for j, api_key in enumerate(tenant.api_keys):
