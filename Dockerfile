@@ -6,7 +6,7 @@ COPY gateway ./gateway
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 GATEWAY_HOST=0.0.0.0 GATEWAY_ADMIN_HOST=0.0.0.0
 COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 --no-create-home gateway \
     && mkdir -p /etc/gateway /var/lib/gateway \
