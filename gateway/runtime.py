@@ -32,6 +32,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import compose
 from gateway.resilience import BreakerState, CircuitBreaker, ResilienceState
 from gateway.routing import CompiledRoute, Router, Routing
+from gateway.shadow import ShadowMirror, ShadowStats
 from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants
@@ -55,6 +56,7 @@ class Shared:
     latency: LatencyBook = field(default_factory=LatencyBook)
     ledger: CostLedger = field(default_factory=CostLedger)
     traffic: TrafficStats = field(default_factory=TrafficStats)
+    shadows: dict[str, ShadowStats] = field(default_factory=dict)
     resilience: ResilienceState = field(init=False)
     contract_stats: ContractStats = field(init=False)
 
@@ -130,6 +132,8 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         ContractCheck(contracts, shared.contract_stats),
     ]
     forwarder = Forwarder(shared.client, TrustedProxies(config.listen.trusted_proxies), shared.contract_stats)
+    if any(r.config.shadow is not None for r in routes):
+        stages.append(ShadowMirror(routes, forwarder, shared.tasks, shared.shadows, {}, shared.rng))
     terminal = Attempts(forwarder, choosers, shared.resilience, shared.tasks, latency=shared.latency, rng=shared.rng)
     for route in routes:
         for name, weight in choosers[route.name].weights.items():

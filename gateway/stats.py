@@ -30,6 +30,7 @@ async def stats_snapshot(holder: RuntimeHolder) -> dict[str, Any]:
             "owner": route.owner,
             "fallbacks": {reason: n for (r, reason), n in shared.traffic.fallbacks.items() if r == route.name},
             "contracts": shared.contract_stats.snapshot(route.name),
+            "shadow": shared.shadows[route.name].snapshot() if route.name in shared.shadows else None,
             "backends": backends,
         }
     tenants = {}
