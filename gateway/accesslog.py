@@ -1,0 +1,183 @@
+"""The access log: one JSON line per request, sampled, written off the request's critical path.
+
+`record(entry)` is all a request pays: a sampling draw and an append to a bounded queue. It never
+blocks and never raises; when the queue is full the entry is dropped and counted. A background task
+(`start()`) drains the queue every `flush_interval_s` (sooner when it fills up), serializes the
+entries with orjson and writes them in a worker thread, to the configured file (appending) or to the
+`gateway.access` logger. `aclose()` stops the task and writes what is left.
+
+Only the fields in `FIELDS` are written, in that order: never headers, bodies, keys or prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from gateway.config import AccessLog as AccessLogConfig
+
+__all__ = ["FIELDS", "AccessLog"]
+
+log = logging.getLogger("gateway")
+access_logger = logging.getLogger("gateway.access")
+
+FIELDS = (
+    "time",  # unix seconds
+    "request_id",
+    "trace_id",
+    "method",
+    "path",
+    "route",
+    "backend",
+    "status",
+    "attempts",
+    "fallback_reason",
+    "error_type",
+    "duration_ms",
+    "upstream_ms",
+    "ttft_ms",
+    "stream",
+    "cache",
+    "canary",
+    "cost_usd",
+    "cost_estimated",
+    "input_tokens",
+    "output_tokens",
+    "tenant",
+    "client_ip",
+)
+
+
+class AccessLog:
+    """The access-log writer for one process. `rng` draws the sampling decisions (inject a seeded one in tests)."""
+
+    def __init__(
+        self,
+        config: AccessLogConfig,
+        *,
+        rng: random.Random | None = None,
+        max_queue: int = 10_000,
+        flush_interval_s: float = 0.2,
+        logger: logging.Logger = access_logger,
+    ) -> None:
+        self.path = Path(config.path) if config.path else None
+        self.sample_ratio = config.sample_ratio
+        self._random = (rng or random.Random()).random
+        self._max_queue = max_queue
+        self._wake_at = max(1, max_queue // 2)
+        self._interval = flush_interval_s
+        self._logger = logger
+        self._queue: deque[Mapping[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._file: IO[bytes] | None = None
+        self.written = 0
+        self.dropped = 0  # the queue was full
+        self.sampled_out = 0
+        self.failed = 0  # lost to a write error
+        self._complained_at = -60.0
+
+    def record(self, entry: Mapping[str, Any]) -> bool:
+        """Queue one request's entry (sampled); True when it was queued. Never blocks, never raises."""
+        ratio = self.sample_ratio
+        if ratio < 1.0 and (ratio <= 0.0 or self._random() >= ratio):
+            self.sampled_out += 1
+            return False
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self.dropped += 1
+            return False
+        queue.append(entry)
+        if len(queue) == self._wake_at:
+            self._wake.set()
+        return True
+
+    def start(self) -> None:
+        """Start the background writer (call from the running event loop, e.g. in lifespan startup)."""
+        if self._task is None:
+            self._stopping = False
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="access-log writer")
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Stop the writer after it wrote everything still queued (bounded by `timeout_s`); close the file."""
+        task = self._task
+        self._task = None
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(task if task is not None else self._flush(), timeout_s)
+        except TimeoutError:
+            log.warning("the access log did not flush within %.1fs; %d entries lost", timeout_s, len(self._queue))
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+            self._file = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._flush()
+        await self._flush()  # what arrived while stopping
+
+    async def _flush(self) -> None:
+        while self._queue:
+            lines = self._drain()
+            try:
+                await asyncio.to_thread(self._write, lines)
+            except Exception as exc:  # a full disk must not take the gateway down; say so (once a minute), go on
+                self.failed += len(lines)
+                now = time.monotonic()
+                if now - self._complained_at >= 60.0:
+                    self._complained_at = now
+                    log.error("cannot write the access log (%d lines lost so far): %s", self.failed, exc)
+            else:
+                self.written += len(lines)
+
+    def _drain(self, limit: int = 4096) -> list[bytes]:
+        queue = self._queue
+        lines: list[bytes] = []
+        while queue and len(lines) < limit:
+            entry = queue.popleft()
+            try:
+                lines.append(_line(entry))
+            except Exception as exc:  # an unserializable value: drop the entry, not the batch
+                self.failed += 1
+                log.error("cannot serialize an access-log entry: %s", exc)
+        return lines
+
+    def _write(self, lines: list[bytes]) -> None:
+        """Runs in a worker thread."""
+        if self.path is None:
+            for line in lines:
+                self._logger.info(line.decode())
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab")
+        self._file.write(b"\n".join(lines) + b"\n")
+        self._file.flush()
+
+    def __repr__(self) -> str:
+        target = str(self.path) if self.path else "logger gateway.access"
+        return (
+            f"<AccessLog {target} sample={self.sample_ratio:g} queued={len(self._queue)} "
+            f"written={self.written} dropped={self.dropped}>"
+        )
+
+
+def _line(entry: Mapping[str, Any]) -> bytes:
+    """The entry's `FIELDS`, in that order, as one JSON object; any other key is left out."""
+    return orjson.dumps({key: entry[key] for key in FIELDS if key in entry}, default=str)

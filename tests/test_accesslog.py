@@ -1,0 +1,136 @@
+"""The access log: sampled, bounded, written in the background, flushed on close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.accesslog import FIELDS, AccessLog
+from gateway.config import AccessLog as AccessLogConfig
+
+pytestmark = pytest.mark.anyio
+
+
+def entry(n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "time": 1700000000.0 + n,
+        "request_id": f"req-{n}",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "route": "chat",
+        "backend": "v1",
+        "status": 200,
+        "attempts": 1,
+        "fallback_reason": None,
+        "duration_ms": 12.5,
+        "cost_usd": 0.0001,
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        **extra,
+    }
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def test_entries_are_written_as_json_lines_with_known_fields_only(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)))
+    access.start()
+    secret = {"headers": [["authorization", "Bearer sk-secret"]], "body": "my prompt", "api_key": "sk-secret"}
+    for n in range(3):
+        assert access.record(entry(n, **secret))
+    await access.aclose()
+    written = lines(path)
+    assert [w["request_id"] for w in written] == ["req-0", "req-1", "req-2"]
+    assert list(written[0]) == [f for f in FIELDS if f in entry(0)]  # FIELDS order, nothing else
+    assert written[0]["fallback_reason"] is None
+    assert b"sk-secret" not in path.read_bytes() and b"my prompt" not in path.read_bytes()
+    assert (access.written, access.dropped, access.sampled_out) == (3, 0, 0)
+
+
+async def test_the_writer_flushes_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)), flush_interval_s=0.01)
+    access.start()
+    try:
+        access.record(entry(1))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if path.exists() and path.read_bytes():
+                break
+        assert [w["request_id"] for w in lines(path)] == ["req-1"]
+    finally:
+        await access.aclose()
+
+
+async def test_a_full_queue_wakes_the_writer_early(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)), max_queue=4, flush_interval_s=60)
+    access.start()
+    try:
+        for n in range(2):  # half the queue: the writer is woken without waiting for its interval
+            access.record(entry(n))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if access.written == 2:
+                break
+        assert access.written == 2
+    finally:
+        await access.aclose()
+
+
+async def test_sampling_uses_the_injected_rng(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path), sample_ratio=0.3), rng=random.Random(42))
+    kept = [access.record(entry(n)) for n in range(1000)]
+    await access.aclose()
+    draws = random.Random(42)
+    assert kept == [draws.random() < 0.3 for _ in range(1000)]
+    assert 250 < sum(kept) < 350
+    assert len(lines(path)) == sum(kept) == access.written
+    assert access.sampled_out == 1000 - sum(kept)
+
+
+async def test_ratio_zero_logs_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path), sample_ratio=0.0))
+    assert not any(access.record(entry(n)) for n in range(10))
+    await access.aclose()
+    assert not path.exists()
+    assert access.sampled_out == 10
+
+
+async def test_a_full_queue_drops_and_counts_and_close_flushes_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)), max_queue=5)  # never started: nothing drains
+    assert [access.record(entry(n)) for n in range(8)] == [True] * 5 + [False] * 3
+    assert access.dropped == 3
+    assert repr(access) == f"<AccessLog {path} sample=1 queued=5 written=0 dropped=3>"
+    await access.aclose()
+    assert [w["request_id"] for w in lines(path)] == [f"req-{n}" for n in range(5)]
+
+
+async def test_without_a_path_entries_go_to_the_access_logger(caplog: pytest.LogCaptureFixture) -> None:
+    access = AccessLog(AccessLogConfig())
+    access.start()
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        access.record(entry(7, status=503, upstream_ms=None))
+        await access.aclose()
+    (record,) = [r for r in caplog.records if r.name == "gateway.access"]
+    assert orjson.loads(record.getMessage())["status"] == 503
+
+
+async def test_a_write_error_is_counted_not_raised(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    access = AccessLog(AccessLogConfig(path=str(blocker / "access.jsonl")))
+    access.record(entry(1))
+    await access.aclose()
+    assert (access.written, access.failed) == (0, 1)
