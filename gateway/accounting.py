@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.accesslog import AccessLog
 from gateway.config import Price
 from gateway.context import Reply, RequestContext
 from gateway.contract_check import ContractStats
@@ -74,8 +75,10 @@ class Accounting:
         tenants: Tenants,
         tasks: TaskSet,
         prices: dict[tuple[str, str], Price | None],
+        access_log: AccessLog | None = None,
         clock: Clock = time.perf_counter,
     ) -> None:
+        self._access_log = access_log
         self._latency = latency
         self._ledger = ledger
         self._metrics = metrics
@@ -90,8 +93,8 @@ class Accounting:
         try:
             reply = await call_next(ctx)
         except GatewayError as exc:
-            status = exc.status  # `exc` is unbound after the except block; the hook runs later
-            ctx.after_response.append(lambda: self._record(ctx, status, None))
+            status, kind = exc.status, exc.kind  # `exc` is unbound after the except block; the hook runs later
+            ctx.after_response.append(lambda: self._record(ctx, status, None, kind))
             raise
         if reply.stream is None and reply.backend is not None:
             usage, cost = self._price(ctx, reply, self._upstream_s(ctx))
@@ -123,7 +126,7 @@ class Accounting:
                 return None
         return usage_from_response(document) if document is not None else None
 
-    def _record(self, ctx: RequestContext, status: int, reply: Reply | None) -> None:
+    def _record(self, ctx: RequestContext, status: int, reply: Reply | None, error_type: str | None = None) -> None:
         now = self._clock()
         route = ctx.route.name if ctx.has_route else ""
         backend = reply.backend.name if reply is not None and reply.backend is not None else None
@@ -174,6 +177,49 @@ class Accounting:
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
         )
+        canary = reply.backend.stable is False if reply is not None and reply.backend is not None else None
+        if state is not None and state.error is not None:
+            error_type = "stream_interrupted"
+        ctx.trace.end(
+            status,
+            backend=backend,
+            attempts=len(ctx.attempts),
+            fallback_reason=ctx.fallback_reason,
+            cost_usd=cost,
+            cost_estimated=usage.estimated if usage else None,
+            input_tokens=usage.input_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+            canary=canary,
+            tenant=tenant,
+            error_type=error_type,
+        )
+        if self._access_log is not None:
+            self._access_log.record(
+                {
+                    "time": time.time(),
+                    "request_id": ctx.request_id,
+                    "method": ctx.method,
+                    "path": ctx.path,
+                    "route": route or None,
+                    "backend": backend,
+                    "status": status,
+                    "attempts": len(ctx.attempts),
+                    "fallback_reason": ctx.fallback_reason,
+                    "duration_ms": round(total_s * 1000, 3),
+                    "upstream_ms": round(upstream_s * 1000, 3) if upstream_s is not None else None,
+                    "ttft_ms": round(ttft_s * 1000, 3) if ttft_s is not None else None,
+                    "cost_usd": cost,
+                    "cost_estimated": usage.estimated if usage else None,
+                    "input_tokens": usage.input_tokens if usage else None,
+                    "output_tokens": usage.output_tokens if usage else None,
+                    "tenant": tenant,
+                    "client_ip": ctx.client_ip,
+                    "trace_id": ctx.trace.trace_id_hex,
+                    "error_type": error_type,
+                    "stream": state is not None,
+                    "canary": canary,
+                }
+            )
         if ctx.tenant is not None and backend is not None:
             tokens = usage.total_tokens if usage else 0
             self._tasks.spawn(self._settle(ctx.tenant, tokens, cost or 0.0), name="tenant-settle")

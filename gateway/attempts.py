@@ -107,6 +107,7 @@ class Attempts:
                     return _answer_failure(exc, route)
                 if ctx.fallback_reason is None:
                     ctx.fallback_reason = exc.reason
+                ctx.trace.fallback(exc.reason, exc.backend, sent)
                 if self._clock() >= deadline:
                     break
                 if index < len(order) and _retry_same(exc, deadline, self._clock()):

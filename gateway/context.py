@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.routing import BackendTarget, CompiledRoute
     from gateway.streaming import StreamState
     from gateway.tenants import TenantState
+    from gateway.tracing import RequestSpan
     from gateway.upstream.base import UpstreamResponse
 
 
@@ -44,6 +45,7 @@ class RequestContext:
     headers: Headers  # the client's, names lower-cased
     client_ip: str
     scheme: str
+    trace: RequestSpan  # the SERVER span (a no-op when tracing is off or the request is not sampled)
     body: bytes = b""
     document: Any = None  # the parsed JSON body, when the body is JSON
     _route: CompiledRoute | None = None

@@ -111,6 +111,7 @@ class ContractCheck:
             errors = field_errors(schema.violations(ctx.document))
         if errors:
             self._stats.violated(ctx.route.name, "request", errors)
+            ctx.trace.contract_violation("request", errors)
             raise ContractViolation(f"the request breaks the {schema.name} contract", errors=errors)
         if apply_defaults and schema.has_defaults and isinstance(ctx.document, dict):
             filled = schema.apply_defaults(ctx.document)

@@ -20,7 +20,14 @@ import orjson
 from gateway.context import Attempt, Reply, RequestContext
 from gateway.contract_check import ContractStats, field_errors
 from gateway.contracts import Schema
-from gateway.errors import FieldError, UpstreamBadResponse, UpstreamConnectError, UpstreamStatus, UpstreamTimeout
+from gateway.errors import (
+    FieldError,
+    UpstreamBadResponse,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from gateway.headers import forwarded_for, to_client, to_upstream
 from gateway.routing import BackendTarget
 from gateway.sse import SseEvent, SseParser
@@ -85,23 +92,49 @@ class Forwarder:
         left = min(deadline, now + limits.attempt_s) - now
         if left <= 0:
             raise UpstreamTimeout(f"request deadline of {limits.request_s:g}s passed", backend=backend.name)
+        url = self._url(ctx, backend)
+        span = ctx.trace.attempt(
+            backend.name, ctx.method, url, len(ctx.attempts), not backend.stable, backend.model, attempt.hedge
+        )
         request = UpstreamRequest(
             backend=backend.name,
             method=ctx.method,
-            url=self._url(ctx, backend),
-            headers=self._headers(ctx, backend, deadline - now),
+            url=url,
+            headers=self._headers(ctx, backend, deadline - now) + span.inject(),
             body=body,
         )
         timeouts = AttemptTimeouts(
             connect_s=min(limits.connect_s, left), first_byte_s=min(limits.first_byte_s, left), idle_s=limits.idle_s
         )
+        try:
+            reply = await self._exchange(ctx, backend, request, timeouts, attempt, now, left)
+        except UpstreamError as exc:
+            span.end(exc.upstream_status if isinstance(exc, UpstreamStatus) else None, exc.reason)
+            raise
+        except BaseException:  # cancelled (a hedge that lost, a client that left)
+            span.end(None, "cancelled")
+            raise
+        span.end(reply.status)
+        return reply
+
+    async def _exchange(
+        self,
+        ctx: RequestContext,
+        backend: BackendTarget,
+        request: UpstreamRequest,
+        timeouts: AttemptTimeouts,
+        attempt: Attempt,
+        now: float,
+        left: float,
+    ) -> Reply:
+        limits = ctx.route.timeouts
         response = await self._client.send(request, timeouts)
         attempt.status = response.status
         attempt.headers_at = self._clock()
         status = response.status
         try:
             headers = to_client(response.headers)
-            if status >= 500 or status == 429 or (status == 400 and route.watches_context_length):
+            if status >= 500 or status == 429 or (status == 400 and ctx.route.watches_context_length):
                 body_bytes = await _read_small(response)
                 await response.aclose()
                 reason = _failure_reason(status, body_bytes)
@@ -137,6 +170,7 @@ class Forwarder:
         if not errors:
             return document
         self._stats.violated(ctx.route.name, "response", errors)
+        ctx.trace.contract_violation("response", errors, backend)
         raise UpstreamBadResponse(f"the response breaks the {schema.name} contract", backend=backend, errors=errors)
 
     @staticmethod

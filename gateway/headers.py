@@ -18,7 +18,8 @@ HOP_BY_HOP = frozenset(
 )
 # The client's credentials are for the gateway, never for the upstream (backend `headers` carry its own).
 CREDENTIALS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key", b"api-key"})
-# Framing and addressing are recomputed for the upstream; forwarding headers are rebuilt by us.
+# Framing and addressing are recomputed for the upstream; forwarding and trace headers are rebuilt by
+# the gateway (traceparent/tracestate from its own spans: tracing.AttemptSpan.inject).
 _REBUILT = frozenset(
     {
         b"host",
@@ -29,10 +30,12 @@ _REBUILT = frozenset(
         b"x-request-id",
         b"forwarded",
         b"expect",
+        b"traceparent",
+        b"tracestate",
     }
 )
 _DROP_TO_UPSTREAM = HOP_BY_HOP | CREDENTIALS | _REBUILT
-_DROP_TO_CLIENT = HOP_BY_HOP | frozenset({b"x-request-id", b"server-timing"})
+_DROP_TO_CLIENT = HOP_BY_HOP | frozenset({b"x-request-id", b"server-timing", b"traceparent"})
 GATEWAY_PREFIX = b"x-gateway-"
 
 

@@ -13,6 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 
 from gateway.context import Reply, RequestContext
 from gateway.errors import (
@@ -29,11 +30,10 @@ from gateway.tasks import TaskSet
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime, RuntimeHolder
+    from gateway.tracing import RequestSpan
 
 log = logging.getLogger("gateway")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
 
 _JSON_TYPES = (b"application/json", b"+json")
 _HEALTH = frozenset({"/healthz", "/readyz"})
@@ -45,8 +45,9 @@ class DataPlane:
     def __init__(self, holder: RuntimeHolder, tasks: TaskSet) -> None:
         self._holder = holder
         self._tasks = tasks
+        self._tracing = holder.shared.tracing
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs with lifespan="off"; websockets are not proxied
             return
         runtime = self._holder.current  # in-flight requests finish on the config they started with
@@ -55,32 +56,46 @@ class DataPlane:
         if scope["path"] in _HEALTH and scope["method"] == "GET":
             await self._holder.health.answer(scope["path"], send)
             return
+        client = scope.get("client")
+        client_ip = client[0] if client else ""
+        span = self._tracing.start_request(
+            scope["method"], scope["path"], scope["scheme"], scope["headers"], client_ip, scope.get("server")
+        )
         ctx: RequestContext | None = None
         try:
-            ctx = await _read_request(scope, receive, runtime, request_id, received_at)
+            ctx = await _read_request(scope, receive, runtime, request_id, received_at, client_ip, span)
             reply = await runtime.handle(ctx)
         except GatewayError as exc:
-            await _send_error(send, exc, request_id, ctx)
-            if ctx is not None:
+            await _send_error(send, exc, request_id, ctx, span)
+            if ctx is not None and ctx.after_response:
                 for callback in ctx.after_response:
                     callback()
+            else:  # refused before the pipeline (400, 413, 431): nothing else will end the span
+                span.end(exc.status, error_type=exc.kind)
             return
         except Exception:
             log.exception("unhandled error on request %s", request_id)
-            await _send_error(send, GatewayError("the gateway failed to handle this request"), request_id, ctx)
+            error = GatewayError("the gateway failed to handle this request")
+            await _send_error(send, error, request_id, ctx, span)
+            span.end(500, error_type=error.kind)
             return
         await _write(ctx, reply, send, receive, self._tasks)
 
 
 async def _read_request(
-    scope: Scope, receive: Any, runtime: Runtime, request_id: str, received_at: float
+    scope: Scope,
+    receive: Receive,
+    runtime: Runtime,
+    request_id: str,
+    received_at: float,
+    client_ip: str,
+    span: RequestSpan,
 ) -> RequestContext:
     limits = runtime.config.listen
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     _vet_headers(headers, limits.max_header_count, limits.max_header_bytes)
     path: str = scope["path"]
     _vet_path(path)
-    client = scope.get("client")
     ctx = RequestContext(
         request_id=request_id,
         received_at=received_at,
@@ -89,8 +104,9 @@ async def _read_request(
         raw_path=scope.get("raw_path") or path.encode(),
         query=scope["query_string"],
         headers=headers,
-        client_ip=client[0] if client else "",
+        client_ip=client_ip,
         scheme=scope["scheme"],
+        trace=span,
     )
     content_type = ctx.header(b"content-type")
     ctx.body = await _read_body(receive, ctx.header(b"content-length"), limits.max_body_bytes)
@@ -171,7 +187,9 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-async def _send_error(send: Any, error: GatewayError, request_id: str, ctx: RequestContext | None) -> None:
+async def _send_error(
+    send: Send, error: GatewayError, request_id: str, ctx: RequestContext | None, span: RequestSpan
+) -> None:
     routed = ctx is not None and ctx.has_route
     error_format: ErrorFormat = ctx.route.error_format if ctx is not None and routed else "problem"
     status, headers, body = render_error(error, request_id, error_format)
@@ -181,6 +199,9 @@ async def _send_error(send: Any, error: GatewayError, request_id: str, ctx: Requ
         headers.append((b"x-gateway-attempts", str(len(ctx.attempts)).encode()))
     if isinstance(error, UpstreamError):
         headers.append((b"x-gateway-backend", error.backend.encode()))
+    traceparent = span.traceparent()
+    if traceparent is not None:
+        headers.append((b"traceparent", traceparent))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -197,6 +218,9 @@ async def _write(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tas
         headers.append((b"server-timing", _server_timing(ctx)))
     if ctx.fallback_reason is not None:
         headers.append((b"x-gateway-fallback", ctx.fallback_reason.encode()))
+    traceparent = ctx.trace.traceparent()
+    if traceparent is not None:
+        headers.append((b"traceparent", traceparent))
     if reply.stream is None:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})

@@ -117,4 +117,8 @@ class Routing:
             )
             raise NoRoute(f"no route for {ctx.method} {ctx.path}", errors=errors)
         ctx.route = route
+        ctx.trace.set_route(route.name, route.config.owner, route.config.match.path)
+        if isinstance(model, str):
+            ctx.trace.set_request_model(model)
+        ctx.trace.capture_prompt(document)
         return await call_next(ctx)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.accesslog import AccessLog
 from gateway.accounting import Accounting, TrafficStats
 from gateway.admission import Admission
 from gateway.attempts import Attempts
 from gateway.canary import BackendChooser, WeightTable
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Telemetry
 from gateway.contract_check import ContractCheck, ContractStats, compile_contracts
 from gateway.cost import CostLedger
 from gateway.events import EventLog
@@ -36,6 +37,7 @@ from gateway.shadow import ShadowMirror, ShadowStats
 from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants
+from gateway.tracing import Tracing
 from gateway.types import Next, Stage
 from gateway.upstream import UpstreamClient
 
@@ -57,6 +59,8 @@ class Shared:
     ledger: CostLedger = field(default_factory=CostLedger)
     traffic: TrafficStats = field(default_factory=TrafficStats)
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
+    tracing: Tracing = field(default_factory=lambda: Tracing(Telemetry()))
+    access_log: AccessLog | None = None  # started by `gateway serve`
     resilience: ResilienceState = field(init=False)
     contract_stats: ContractStats = field(init=False)
 
@@ -67,7 +71,7 @@ class Shared:
     @classmethod
     def for_config(cls, config: GatewayConfig, client: UpstreamClient) -> Shared:
         """Shared state for `gateway serve`: Redis-backed counters when `state.backend` is redis."""
-        shared = cls(client)
+        shared = cls(client, tracing=Tracing(config.telemetry), access_log=AccessLog(config.telemetry.access_log))
         if config.state.backend == "redis":
             shared.store = FallbackStore(RedisStore.from_url(config.state.url), on_change=shared._state_changed)
         return shared
@@ -87,6 +91,7 @@ class Shared:
 
     def _circuit_changed(self, breaker: CircuitBreaker, before: BreakerState, after: BreakerState, reason: str) -> None:
         self.metrics.set_circuit(breaker.route, breaker.backend, after.value)
+        self.tracing.current().circuit(breaker.backend, before.value, after.value, reason)
         self.events.record(
             "circuit",
             f"{before.value} -> {after.value}: {reason}",
@@ -124,6 +129,7 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         tenants=tenants,
         tasks=shared.tasks,
         prices=prices,
+        access_log=shared.access_log,
     )
     stages: list[Stage] = [
         accounting,
@@ -184,8 +190,9 @@ class RuntimeHolder:
             (before.listen.host, before.listen.port) != (config.listen.host, config.listen.port)
             or before.admin != config.admin
             or before.upstream != config.upstream
+            or before.telemetry != config.telemetry
         ):
-            log.warning("listen address, admin and upstream settings take effect at the next restart")
+            log.warning("listen address, admin, upstream and telemetry settings take effect at the next restart")
         return ReloadResult(True, message, [])
 
     def set_weights(self, route: str, weights: dict[str, float]) -> dict[str, float]:

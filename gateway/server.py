@@ -80,6 +80,9 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGHUP, lambda: holder.reload(actor="SIGHUP"))
 
+    if shared.access_log is not None:
+        shared.access_log.start()
+    log.info("tracing: %r", shared.tracing)
     background = [
         tasks.spawn(holder.health.run(), name="health-probe"),
         tasks.spawn(holder.watch(), name="config-watch"),
@@ -101,6 +104,9 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
         await tasks.drain(timeout_s=2.0)
         await shared.client.aclose()
         await shared.store.aclose()
+        if shared.access_log is not None:
+            await shared.access_log.aclose()
+        await shared.tracing.aclose()
         log.info("gateway stopped")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import orjson
 import pytest
@@ -231,7 +233,7 @@ async def test_body_over_the_limit_is_a_413_before_reading() -> None:
     async with inprocess_gateway(CONFIG, seen([])) as client:
         declared = await client.post("/echo", content=b"x" * 100_001)
 
-        async def chunks():  # no content-length: counted while reading
+        async def chunks() -> AsyncIterator[bytes]:  # no content-length: counted while reading
             for _ in range(20):
                 yield b"x" * 10_000
 
