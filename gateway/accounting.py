@@ -22,6 +22,7 @@ from gateway.cost import CostLedger, Usage, cost_usd, estimate_usage, usage_from
 from gateway.errors import GatewayError
 from gateway.latency import LatencyBook
 from gateway.metrics import Metrics
+from gateway.model_watch import ModelWatch
 from gateway.resilience import SlidingCounter
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants, TenantState
@@ -76,9 +77,11 @@ class Accounting:
         tasks: TaskSet,
         prices: dict[tuple[str, str], Price | None],
         access_log: AccessLog | None = None,
+        watch: ModelWatch | None = None,
         clock: Clock = time.perf_counter,
     ) -> None:
         self._access_log = access_log
+        self._watch = watch
         self._latency = latency
         self._ledger = ledger
         self._metrics = metrics
@@ -177,6 +180,8 @@ class Accounting:
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
         )
+        if route and self._watch is not None:
+            self._watch.record(ctx, reply, status, now)
         canary = reply.backend.stable is False if reply is not None and reply.backend is not None else None
         if state is not None and state.error is not None:
             error_type = "stream_interrupted"

@@ -38,6 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", help="the YAML config file")
 
+    baseline = commands.add_parser(
+        "baseline",
+        help="build a route's drift baseline from logged requests",
+        description="Build the feature distributions of a route's `monitor` section from a JSON-lines file of "
+        "request bodies (one per line), and write them as the baseline file that `monitor.drift.baseline` names.",
+    )
+    baseline.add_argument("--config", default=DEFAULT_CONFIG, help=f"the YAML config file (default: {DEFAULT_CONFIG})")
+    baseline.add_argument("--route", required=True, help="the route whose `monitor` section to use")
+    baseline.add_argument("--input", required=True, help="REQUESTS.jsonl: one JSON request body per line")
+    baseline.add_argument("--responses", help="RESPONSES.jsonl, line by line matching --input (for predictions)")
+    baseline.add_argument("--output", required=True, help="BASELINE.json to write")
+
     demo = commands.add_parser(
         "demo",
         help="start demo model servers and the gateway, send traffic for ~20 s, print a report",
@@ -60,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_check(args.file))
     if args.command == "serve":
         sys.exit(_serve(args.config))
+    if args.command == "baseline":
+        sys.exit(_baseline(args.config, args.route, args.input, args.responses, args.output))
     if args.command == "demo":
         from gateway.demo.driver import run_demo
 
@@ -76,6 +90,29 @@ def _check(path: str) -> int:
         return 1
     backends = sum(len(r.backends) for r in config.routes)
     print(f"{path}: ok ({len(config.routes)} routes, {backends} backends)")
+    return 0
+
+
+def _baseline(config_path: str, route_name: str, requests: str, responses: str | None, output: str) -> int:
+    from gateway.baseline import BaselineError, BaselineInputError, build_baseline_from_jsonl, write_baseline
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    route = next((r for r in config.routes if r.name == route_name), None)
+    if route is None or route.monitor is None:
+        known = ", ".join(r.name for r in config.routes if r.monitor is not None) or "none"
+        print(f"route {route_name!r} has no `monitor` section (routes with one: {known})", file=sys.stderr)
+        return 1
+    try:
+        baseline = build_baseline_from_jsonl(route, requests, responses_path=responses, route=route.name)
+        write_baseline(output, baseline)
+    except (BaselineError, BaselineInputError, OSError) as exc:
+        print(f"cannot build the baseline: {exc}", file=sys.stderr)
+        return 1
+    print(f"{output}: baseline of route {route.name!r} from {baseline.get('documents', '?')} requests")
     return 0
 
 

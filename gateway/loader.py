@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from gateway.config import GatewayConfig, semantic_errors
 from gateway.contract_check import compile_contracts
+from gateway.monitor_setup import load_monitors
 
 
 class ConfigError(Exception):
@@ -131,6 +132,7 @@ def parse_config(
     problems = semantic_errors(config)
     # Contract files are compiled here too, so `gateway check` and a reload reject a bad schema.
     problems += compile_contracts(config, base_dir or Path.cwd())[1]
+    problems += load_monitors(config, base_dir or Path.cwd())[1]
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -120,6 +120,27 @@ class Metrics:
         self.drift = Gauge(
             "gateway_drift_score", "Drift score of a monitored feature.", ("route", "feature"), registry=r
         )
+        self.canary_decisions = Counter(
+            "gateway_canary_decisions",
+            "Canary analysis decisions: step, promote, rollback.",
+            ("route", "decision"),
+            registry=r,
+        )
+        self.slo_burn_rate = Gauge(
+            "gateway_slo_burn_rate",
+            "Error budget burn rate (1 = spending exactly the budget), by window.",
+            ("route", "backend", "window"),
+            registry=r,
+        )
+        self.slo_budget_remaining = Gauge(
+            "gateway_slo_budget_remaining",
+            "Share of the error budget left over the long window.",
+            route_backend,
+            registry=r,
+        )
+        self.accuracy = Gauge(
+            "gateway_accuracy", "Share of labelled predictions that were right (feedback).", route_backend, registry=r
+        )
 
         # Labelled children, cached by their label tuple (see the module docstring).
         self._request_children: dict[tuple[str, str, int, str], Counter] = {}
@@ -221,6 +242,9 @@ class Metrics:
 
     def set_drift(self, route: str, feature: str, score: float) -> None:
         self.drift.labels(route, feature).set(score)
+
+    def canary_decision(self, route: str, decision: str) -> None:
+        self.canary_decisions.labels(route, decision).inc()
 
     def forget_backend(self, route: str, backend: str) -> None:
         """Drop a removed backend's gauges (a reload); its counters stay, as Prometheus expects."""

@@ -26,6 +26,7 @@ from gateway.errors import (
     UpstreamError,
     render_error,
 )
+from gateway.feedback_api import PATH as FEEDBACK_PATH, answer_feedback
 from gateway.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class DataPlane:
         request_id = _request_id(scope["headers"])
         if scope["path"] in _HEALTH and scope["method"] == "GET":
             await self._holder.health.answer(scope["path"], send)
+            return
+        if scope["path"] == FEEDBACK_PATH and scope["method"] == "POST":
+            await answer_feedback(self._holder.shared.feedback, receive, send, request_id)
             return
         client = scope.get("client")
         client_ip = client[0] if client else ""

@@ -19,21 +19,28 @@ from typing import Any
 from gateway.accesslog import AccessLog
 from gateway.accounting import Accounting, TrafficStats
 from gateway.admission import Admission
+from gateway.analysis import CanaryAnalyzer
 from gateway.attempts import Attempts
+from gateway.audit import AuditLog
 from gateway.canary import BackendChooser, WeightTable
 from gateway.config import GatewayConfig, Telemetry
 from gateway.contract_check import ContractCheck, ContractStats, compile_contracts
 from gateway.cost import CostLedger
 from gateway.events import EventLog
+from gateway.feedback import FeedbackStore
 from gateway.forward import Forwarder, TrustedProxies
 from gateway.health import Health
 from gateway.latency import LatencyBook
 from gateway.loader import ConfigError, load_config
 from gateway.metrics import Metrics
+from gateway.model_watch import ModelWatch
+from gateway.monitor_setup import load_monitors
+from gateway.monitoring.book import MonitorBook
 from gateway.pipeline import compose
 from gateway.resilience import BreakerState, CircuitBreaker, ResilienceState
 from gateway.routing import CompiledRoute, Router, Routing
 from gateway.shadow import ShadowMirror, ShadowStats
+from gateway.slo import SloBook
 from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants
@@ -61,6 +68,11 @@ class Shared:
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
     tracing: Tracing = field(default_factory=lambda: Tracing(Telemetry()))
     access_log: AccessLog | None = None  # started by `gateway serve`
+    audit: AuditLog = field(default_factory=lambda: AuditLog(None))
+    monitor: MonitorBook = field(default_factory=MonitorBook)
+    slo: SloBook = field(default_factory=SloBook)
+    feedback: FeedbackStore = field(default_factory=FeedbackStore)
+    analyzer: CanaryAnalyzer = field(init=False)
     resilience: ResilienceState = field(init=False)
     contract_stats: ContractStats = field(init=False)
 
@@ -71,7 +83,12 @@ class Shared:
     @classmethod
     def for_config(cls, config: GatewayConfig, client: UpstreamClient) -> Shared:
         """Shared state for `gateway serve`: Redis-backed counters when `state.backend` is redis."""
-        shared = cls(client, tracing=Tracing(config.telemetry), access_log=AccessLog(config.telemetry.access_log))
+        shared = cls(
+            client,
+            tracing=Tracing(config.telemetry),
+            access_log=AccessLog(config.telemetry.access_log),
+            audit=AuditLog(config.admin.audit_log),
+        )
         if config.state.backend == "redis":
             shared.store = FallbackStore(RedisStore.from_url(config.state.url), on_change=shared._state_changed)
         return shared
@@ -116,8 +133,17 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
     router = Router(routes)
     choosers = {r.name: BackendChooser(r, shared.weights.weights(r.name), shared.rng) for r in routes}
     contracts, problems = compile_contracts(config, base_dir)
-    if problems:
-        raise ConfigError("<config>", problems)
+    baselines, monitor_problems = load_monitors(config, base_dir)
+    if problems or monitor_problems:
+        raise ConfigError("<config>", problems + monitor_problems)
+    names = [r.name for r in config.routes]
+    for route_config in config.routes:
+        shared.monitor.configure(route_config.name, route_config.monitor, baselines.get(route_config.name))
+        shared.slo.configure(route_config.name, route_config.slo)
+        shared.feedback.configure(route_config.name, route_config.monitor)
+    for book in (shared.monitor, shared.slo, shared.feedback):
+        book.retain(names)
+    shared.analyzer.configure(config.routes)
     tenants = Tenants.from_config(config.tenants, store=shared.store)
     prices = {(r.name, b.name): b.price for r in config.routes for b in r.backends}
     accounting = Accounting(
@@ -130,6 +156,7 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         tasks=shared.tasks,
         prices=prices,
         access_log=shared.access_log,
+        watch=ModelWatch(shared.monitor, shared.feedback, shared.slo, shared.analyzer),
     )
     stages: list[Stage] = [
         accounting,
@@ -161,6 +188,7 @@ class RuntimeHolder:
         self.path = path
         self._base_dir = path.parent if path is not None else Path.cwd()
         self.shared = shared
+        shared.analyzer = CanaryAnalyzer(self, shared.audit, shared.tasks)
         self.events = shared.events
         shared.weights.sync(config.routes)
         self.current = build_runtime(config, shared, self._base_dir)

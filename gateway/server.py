@@ -16,7 +16,6 @@ from pathlib import Path
 import uvicorn
 
 from gateway.admin import create_admin_app
-from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
 from gateway.proxy import DataPlane
 from gateway.runtime import RuntimeHolder, Shared
@@ -59,7 +58,7 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
     if not config.admin.token and admin_host not in LOOPBACK:
         log.warning("admin.token is not set: the admin port binds to 127.0.0.1 instead of %s", admin_host)
         admin_host = "127.0.0.1"
-    admin_app = create_admin_app(holder, config.admin.token or None, AuditLog(config.admin.audit_log))
+    admin_app = create_admin_app(holder, config.admin.token or None, shared.audit)
     listen = config.listen
     data = _Server(
         _uvicorn_config(DataPlane(holder, tasks), listen.host, listen.port, listen.keepalive_s, listen.drain_s)
@@ -86,6 +85,7 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
     background = [
         tasks.spawn(holder.health.run(), name="health-probe"),
         tasks.spawn(holder.watch(), name="config-watch"),
+        tasks.spawn(shared.analyzer.run(), name="canary-analysis"),
     ]
     try:
         servers = asyncio.gather(data.serve(), admin.serve())

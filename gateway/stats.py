@@ -31,6 +31,10 @@ async def stats_snapshot(holder: RuntimeHolder) -> dict[str, Any]:
             "fallbacks": {reason: n for (r, reason), n in shared.traffic.fallbacks.items() if r == route.name},
             "contracts": shared.contract_stats.snapshot(route.name),
             "shadow": shared.shadows[route.name].snapshot() if route.name in shared.shadows else None,
+            "monitor": shared.monitor.snapshot(route.name),
+            "slo": shared.slo.snapshot(route.name),
+            "feedback": shared.feedback.snapshot(route.name),
+            "canary_analysis": shared.analyzer.snapshot(route.name),
             "backends": backends,
         }
     tenants = {}
