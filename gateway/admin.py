@@ -62,8 +62,10 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
 
     async def routes(request: Request) -> Response:
         ready, detail = holder.health.readiness()
+        breakers = holder.shared.resilience.states()
         out = []
         for route in holder.current.config.routes:
+            live = holder.current.choosers[route.name].weights
             out.append(
                 {
                     "name": route.name,
@@ -75,7 +77,11 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
                             "url": b.url,
                             "model": b.model,
                             "stable": b.stable,
-                            "weight": b.weight,
+                            "weight": live.get(b.name, 0.0),
+                            "file_weight": b.weight,
+                            "circuit": breakers[(route.name, b.name)].value
+                            if (route.name, b.name) in breakers
+                            else "closed",
                             "reachable": detail["routes"][route.name][b.name],
                         }
                         for b in route.backends
