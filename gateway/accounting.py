@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,7 +22,6 @@ from gateway.errors import GatewayError
 from gateway.latency import LatencyBook
 from gateway.metrics import Metrics
 from gateway.model_watch import ModelWatch
-from gateway.resilience import SlidingCounter
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants, TenantState
 from gateway.types import Clock, Next
@@ -31,33 +29,38 @@ from gateway.types import Clock, Next
 COST_HEADER = b"x-gateway-cost-usd"
 
 
-@dataclass
 class TrafficStats:
-    """Requests and errors per (route, backend) over 1 and 10 minutes, and fallbacks by reason."""
+    """Requests and errors per (route, backend) in 10-second slots (1 and 10 min windows), fallbacks by reason.
 
-    clock: Clock = time.monotonic
-    requests: dict[tuple[str, str], tuple[SlidingCounter, SlidingCounter]] = field(default_factory=dict)
-    errors: dict[tuple[str, str], tuple[SlidingCounter, SlidingCounter]] = field(default_factory=dict)
-    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    Recording is one slot lookup and two adds; the windows are summed only when /admin/stats asks.
+    """
 
-    def _pair(self, table: dict[tuple[str, str], tuple[SlidingCounter, SlidingCounter]], key: tuple[str, str]) -> Any:
-        pair = table.get(key)
-        if pair is None:
-            pair = table[key] = (SlidingCounter(60, self.clock), SlidingCounter(600, self.clock))
-        return pair
+    SLOT_S = 10
+    SLOTS = 60
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._rings: dict[tuple[str, str], list[list[int]]] = {}  # per slot: [slot number, requests, errors]
+        self.fallbacks: Counter[tuple[str, str]] = Counter()
 
     def add(self, route: str, backend: str, failed: bool) -> None:
-        for counter in self._pair(self.requests, (route, backend)):
-            counter.add()
-        if failed:
-            for counter in self._pair(self.errors, (route, backend)):
-                counter.add()
+        ring = self._rings.get((route, backend))
+        if ring is None:
+            ring = self._rings[(route, backend)] = [[-1, 0, 0] for _ in range(self.SLOTS)]
+        number = int(self._clock()) // self.SLOT_S
+        slot = ring[number % self.SLOTS]
+        if slot[0] != number:
+            slot[0], slot[1], slot[2] = number, 0, 0
+        slot[1] += 1
+        slot[2] += failed
 
     def snapshot(self, route: str, backend: str) -> dict[str, Any]:
+        ring = self._rings.get((route, backend), [])
+        now = int(self._clock()) // self.SLOT_S
         out: dict[str, Any] = {}
-        for i, window in enumerate(("1m", "10m")):
-            requests = self._pair(self.requests, (route, backend))[i].total()
-            errors = self._pair(self.errors, (route, backend))[i].total()
+        for window, slots in (("1m", 6), ("10m", self.SLOTS)):
+            live = [s for s in ring if now - slots < s[0] <= now]
+            requests, errors = sum(s[1] for s in live), sum(s[2] for s in live)
             out[window] = {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else 0.0}
         return out
 

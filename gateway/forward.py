@@ -179,7 +179,7 @@ class Forwarder:
         return url + "?" + ctx.query.decode("latin-1") if ctx.query else url
 
     def _headers(self, ctx: RequestContext, backend: BackendTarget, left_s: float) -> Headers:
-        headers = [(k, v) for k, v in to_upstream(ctx.headers) if k not in backend.header_names]
+        headers = to_upstream(ctx.headers, backend.header_names)
         headers.extend(backend.headers)
         trusted = ctx.client_ip in self._trusted
         incoming_proto = ctx.header(b"x-forwarded-proto") if trusted else None

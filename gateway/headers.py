@@ -48,14 +48,18 @@ def connection_named(headers: Headers) -> frozenset[bytes]:
     return frozenset(named)
 
 
-def to_upstream(headers: Headers) -> Headers:
-    """The client's headers minus hop-by-hop, credentials, framing and the gateway's own controls."""
-    named = connection_named(headers)
-    return [
-        (key, value)
-        for key, value in headers
-        if key not in _DROP_TO_UPSTREAM and key not in named and not key.startswith(GATEWAY_PREFIX)
-    ]
+def to_upstream(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
+    """The client's headers minus hop-by-hop, credentials, framing, the gateway's own controls and
+    `also_drop` (the names a backend sets itself); one pass, as this runs on every attempt."""
+    kept = []
+    named: set[bytes] | None = None
+    for key, value in headers:
+        if key in _DROP_TO_UPSTREAM or key in also_drop or key.startswith(GATEWAY_PREFIX):
+            if key == b"connection":
+                named = (named or set()) | {token.strip().lower() for token in value.split(b",")}
+            continue
+        kept.append((key, value))
+    return [(k, v) for k, v in kept if k not in named] if named else kept
 
 
 def to_client(raw: Headers) -> Headers:

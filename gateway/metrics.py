@@ -5,8 +5,9 @@ set (status code, outcome, fallback reason, direction), never from the request, 
 kept bounded on purpose: a contract violation's field, the JSON pointer with array indices folded to
 ``*``, capped at `max_fields_per_route` distinct values per route (then ``other``).
 
-`observe_request` runs once per request, so it caches the labelled children (a dict lookup by the
-label tuple instead of prometheus_client's `labels()` validation each time).
+`observe_request` runs once per request, so its series (requests, durations, cost, tokens) are plain
+dicts turned into metric families only at scrape time (`_RequestSeries`): an update is a dict lookup
+and an add, not prometheus_client's lock and label validation.
 
 Series::
 
@@ -30,10 +31,14 @@ Series::
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from typing import ClassVar, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
 
 __all__ = ["CIRCUIT_STATES", "DURATION_BUCKETS", "Metrics", "normalize_pointer"]
 
@@ -66,33 +71,10 @@ class Metrics:
         r = self.registry
         route_backend = ("route", "backend")
         spend = ("route", "backend", "tenant")
-        self.requests = Counter(
-            "gateway_requests",
-            "Requests answered, by status and outcome.",
-            (*route_backend, "status", "outcome"),
-            registry=r,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from the request's arrival to its last response byte.",
-            route_backend,
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.upstream_duration = Histogram(
-            "gateway_upstream_duration_seconds",
-            "Duration of the upstream attempt that answered.",
-            route_backend,
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "gateway_time_to_first_token_seconds",
-            "Time from the request's arrival to a stream's first event.",
-            route_backend,
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
+        # The per-request series live in plain dicts and are turned into metric families only when
+        # scraped: prometheus_client's labelled children take a lock and validate on every update.
+        self._hot = _RequestSeries()
+        r.register(self._hot)
         self.fallbacks = Counter(
             "gateway_fallbacks",
             "Fallbacks to another attempt, by the failure's reason.",
@@ -105,11 +87,9 @@ class Metrics:
             ("route", "direction", "field"),
             registry=r,
         )
-        self.cost = Counter("gateway_cost_usd", "Cost of answered requests in USD.", spend, registry=r)
         self.wasted = Counter(
             "gateway_wasted_usd", "Cost of failed attempts in USD (time and request price).", spend, registry=r
         )
-        self.tokens = Counter("gateway_tokens", "Tokens used, input or output.", (*spend, "type"), registry=r)
         self.weight = Gauge("gateway_backend_weight", "Current traffic weight of a backend.", route_backend, registry=r)
         self.circuit = Gauge(
             "gateway_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", route_backend, registry=r
@@ -142,10 +122,6 @@ class Metrics:
             "gateway_accuracy", "Share of labelled predictions that were right (feedback).", route_backend, registry=r
         )
 
-        # Labelled children, cached by their label tuple (see the module docstring).
-        self._request_children: dict[tuple[str, str, int, str], Counter] = {}
-        self._duration_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
-        self._spend_children: dict[tuple[str, str, str], tuple[Counter, Counter, Counter]] = {}
         self._fields: dict[str, set[str]] = {}
 
     # -- per request ----------------------------------------------------------------------------
@@ -165,45 +141,26 @@ class Metrics:
         output_tokens: int = 0,
     ) -> None:
         """One finished request. `outcome` must come from a fixed set (e.g. ok, fallback, error, cached)."""
+        hot = self._hot
         backend = backend or ""
-        key = (route, backend, status, outcome)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.requests.labels(route, backend, _status(status), outcome)
-        counter.inc()
-
-        durations = self._duration_children.get((route, backend))
+        key = (route, backend, status if 100 <= status <= 599 else 0, outcome)  # 0: "other"
+        hot.requests[key] = hot.requests.get(key, 0) + 1
+        durations = hot.durations.get((route, backend))
         if durations is None:
-            durations = self._duration_children[(route, backend)] = (
-                self.duration.labels(route, backend),
-                self.upstream_duration.labels(route, backend),
-                self.ttft.labels(route, backend),
-            )
+            durations = hot.durations[(route, backend)] = (_Buckets(), _Buckets(), _Buckets())
         durations[0].observe(total_s)
         if upstream_s is not None:
             durations[1].observe(upstream_s)
         if ttft_s is not None:
             durations[2].observe(ttft_s)
-
         if cost_usd > 0 or input_tokens > 0 or output_tokens > 0:
-            cost, tokens_in, tokens_out = self._spend(route, backend, tenant or "")
-            if cost_usd > 0:
-                cost.inc(cost_usd)
-            if input_tokens > 0:
-                tokens_in.inc(input_tokens)
-            if output_tokens > 0:
-                tokens_out.inc(output_tokens)
-
-    def _spend(self, route: str, backend: str, tenant: str) -> tuple[Counter, Counter, Counter]:
-        key = (route, backend, tenant)
-        children = self._spend_children.get(key)
-        if children is None:
-            children = self._spend_children[key] = (
-                self.cost.labels(route, backend, tenant),
-                self.tokens.labels(route, backend, tenant, "input"),
-                self.tokens.labels(route, backend, tenant, "output"),
-            )
-        return children
+            spend_key = (route, backend, tenant or "")
+            spend = hot.spend.get(spend_key)
+            if spend is None:
+                spend = hot.spend[spend_key] = [0.0, 0.0, 0.0]
+            spend[0] += cost_usd
+            spend[1] += input_tokens
+            spend[2] += output_tokens
 
     def waste(self, route: str, backend: str, tenant: str | None, usd: float) -> None:
         """A failed attempt's cost (its upstream time and request price)."""
@@ -259,6 +216,67 @@ class Metrics:
 
     def __repr__(self) -> str:
         return (
-            f"<Metrics request_series={len(self._request_children)} "
+            f"<Metrics request_series={len(self._hot.requests)} "
             f"contract_fields={sum(len(f) for f in self._fields.values())}>"
         )
+
+
+class _Buckets:
+    """One histogram series: per-bucket counts (not cumulative), sum and count."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        total = 0
+        out = []
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self.counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+class _RequestSeries(Collector):
+    """The per-request series as plain dicts, exposed as metric families at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int, str], int] = {}
+        self.durations: dict[tuple[str, str], tuple[_Buckets, _Buckets, _Buckets]] = {}
+        self.spend: dict[tuple[str, str, str], list[float]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "Requests answered, by status and outcome.",
+            labels=("route", "backend", "status", "outcome"),
+        )
+        for (route, backend, status, outcome), count in self.requests.items():
+            requests.add_metric((route, backend, _status(status), outcome), count)
+        yield requests
+        names = (
+            ("gateway_request_duration_seconds", "Time from the request's arrival to its last response byte."),
+            ("gateway_upstream_duration_seconds", "Duration of the upstream attempt that answered."),
+            ("gateway_time_to_first_token_seconds", "Time from the request's arrival to a stream's first event."),
+        )
+        for i, (name, doc) in enumerate(names):
+            family = HistogramMetricFamily(name, doc, labels=("route", "backend"))
+            for (route, backend), series in self.durations.items():
+                if series[i].counts[-1] or any(series[i].counts):
+                    family.add_metric((route, backend), series[i].cumulative(), series[i].sum)
+            yield family
+        labels = ("route", "backend", "tenant")
+        cost = CounterMetricFamily("gateway_cost_usd", "Cost of answered requests in USD.", labels=labels)
+        tokens = CounterMetricFamily("gateway_tokens", "Tokens used, input or output.", labels=(*labels, "type"))
+        for key, (usd, tokens_in, tokens_out) in self.spend.items():
+            cost.add_metric(key, usd)
+            tokens.add_metric((*key, "input"), tokens_in)
+            tokens.add_metric((*key, "output"), tokens_out)
+        yield cost
+        yield tokens

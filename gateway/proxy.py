@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -188,7 +188,7 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if 0 < len(value) <= 128 and all(33 <= c <= 126 for c in value):
                 return value.decode()
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4, without building a UUID object
 
 
 async def _send_error(
