@@ -12,6 +12,7 @@ RUN useradd --system --uid 10001 --no-create-home gateway \
     && mkdir -p /etc/gateway /var/lib/gateway \
     && chown gateway /var/lib/gateway
 COPY config/gateway.yaml /etc/gateway/gateway.yaml
+COPY config/baselines /etc/gateway/baselines
 USER gateway
 WORKDIR /var/lib/gateway
 EXPOSE 8080 8081
