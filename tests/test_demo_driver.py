@@ -38,7 +38,7 @@ def test_demo_runs_traffic_and_prints_a_report(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "started gateway listening on" in out
+    assert "gateway listening on" in out
     assert "requests in" in out
     assert "status codes: 200:" in out
     for route in ("chat", "embeddings", "credit-model"):
