@@ -81,7 +81,7 @@ def _processes(config: GatewayConfig, config_path: Path) -> Iterator[str | None]
             procs.append(proc)
             print(f"started {line}")
         serve = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)]
-        proc, line = _start(serve, r"gateway listening")
+        proc, line = _start(serve, r"^gateway listening on")
         procs.append(proc)
         print(f"started {line}")
         match = re.search(r"gateway listening on (\S+)", line)
