@@ -4,18 +4,7 @@ import pytest
 
 from gateway.config import Monitor
 from gateway.feedback import FeedbackStore, LabelMismatch, UnknownPrediction
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.fakes import FakeClock
 
 CATEGORICAL = Monitor.model_validate(
     {
@@ -30,7 +19,7 @@ NUMERIC = Monitor.model_validate({"prediction": {"pointer": "/predictions/*", "k
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -135,7 +124,7 @@ def test_accuracy_and_ece_by_hand(store: FeedbackStore) -> None:
 
 def test_ece_bin_edges() -> None:
     # Guo et al.'s bins are ((m-1)/M, m/M]: 0.1 belongs to the first bin, 0.10001 to the second, 0 to the first.
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     store = FeedbackStore(clock=clock)
     store.configure("credit", CATEGORICAL.model_copy(update={"feedback_max_entries": 100}))
     for i, confidence in enumerate([0.0, 0.1]):

@@ -7,20 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gateway.latency import QUANTILES, LatencyBook, Sketch
+from tests.fakes import FakeClock
 
 ACCURACY = 0.01
 SLACK = 1e-9  # float rounding at a bucket edge
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def exact(values: list[float], q: float) -> float:

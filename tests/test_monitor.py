@@ -25,18 +25,7 @@ from gateway.monitoring.divergence import EPSILON, divergence, js_divergence, pr
 from gateway.monitoring.pointer import MISSING, PointerError, compile_pointer, parse_pointer
 from gateway.monitoring.verdict import BackendWindow, evaluate
 from gateway.monitoring.window import SlotRing, slots_for
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.fakes import FakeClock
 
 # -- pointers -----------------------------------------------------------------------------------
 

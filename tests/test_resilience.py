@@ -2,22 +2,15 @@ from __future__ import annotations
 
 from gateway.config import CircuitBreaker as BreakerConfig
 from gateway.resilience import CircuitBreaker, HedgeBudget, RetryBudget, SlidingCounter
+from tests.fakes import FakeClock
 
 
 def state(breaker: CircuitBreaker) -> str:
     return breaker.state.value  # a call, so mypy does not narrow the state across the steps below
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_sliding_counter_forgets_old_seconds() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     counter = SlidingCounter(10, clock)
     counter.add(3)
     clock.now += 5
@@ -30,7 +23,7 @@ def test_sliding_counter_forgets_old_seconds() -> None:
 
 
 def test_retry_budget_has_a_floor_and_a_ratio() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     budget = RetryBudget(0.2, 2, clock)
     for _ in range(10):
         budget.request()
@@ -46,14 +39,14 @@ def test_retry_budget_has_a_floor_and_a_ratio() -> None:
 
 
 def test_hedge_budget_caps_the_share() -> None:
-    budget = HedgeBudget(0.1, Clock())
+    budget = HedgeBudget(0.1, FakeClock(1000.0))
     for _ in range(20):
         budget.request()
     assert [budget.try_spend() for _ in range(3)] == [True, True, False]
 
 
 def test_breaker_opens_half_opens_and_closes() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     changes: list[tuple[str, str, str]] = []
     config = BreakerConfig(failure_ratio=0.5, min_requests=4, open_s=30)
     breaker = CircuitBreaker("r", "b", config, clock, lambda b, x, y, why: changes.append((x.value, y.value, why)))
@@ -83,7 +76,7 @@ def test_breaker_opens_half_opens_and_closes() -> None:
 
 
 def test_breaker_needs_min_requests_and_releases_an_unused_probe() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     config = BreakerConfig(failure_ratio=0.5, min_requests=4, open_s=1)
     breaker = CircuitBreaker("r", "b", config, clock, lambda *args: None)
     for _ in range(3):

@@ -6,18 +6,7 @@ import pytest
 
 from gateway.config import Slo
 from gateway.slo import FAST_BURN, SloBook, SloStatus, is_bad
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.fakes import FakeClock
 
 SLO = Slo(p99_ms=800, error_rate=0.01, short_window_s=300, long_window_s=3600)
 

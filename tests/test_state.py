@@ -12,18 +12,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -45,7 +38,7 @@ async def _redis_or_skip() -> Redis:
 @pytest.fixture(params=["memory", "redis"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     if request.param == "memory":
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
 
         async def advance(seconds: float) -> None:
             clock.now += seconds
@@ -151,7 +144,7 @@ async def test_redis_store_from_url_owns_its_client() -> None:
 
 
 async def test_memory_store_is_bounded() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     store = MemoryStore(clock=clock, max_keys=10)
     for i in range(5):
         await store.set_str(f"old{i}", "x", ttl_s=1)
@@ -172,7 +165,7 @@ async def test_memory_store_is_bounded() -> None:
 
 
 async def test_fallback_store_serves_locally_while_redis_is_down() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     changes: list[tuple[bool, str | None]] = []
     dead = RedisStore(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2), owns_client=True)
     store = FallbackStore(dead, clock=clock, retry_s=5.0, on_change=lambda d, e: changes.append((d, e)))

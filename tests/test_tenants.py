@@ -14,6 +14,7 @@ from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
 from gateway.state import MemoryStore, RedisStore, StateStore
 from gateway.tenants import Tenants, TenantState
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -21,17 +22,9 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 NOON = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 
 
-class FakeClock:
-    def __init__(self, now: float = NOON) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOON)
 
 
 @pytest.fixture(params=["memory", "redis"])
