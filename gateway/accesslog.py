@@ -86,11 +86,23 @@ class AccessLog:
         self.failed = 0  # lost to a write error
         self._complained_at = -60.0
 
-    def record(self, entry: Mapping[str, Any]) -> bool:
-        """Queue one request's entry (sampled); True when it was queued. Never blocks, never raises."""
+    def sampled(self) -> bool:
+        """Draw whether this request is logged, before its entry is built (then `record(..., drawn=True)`).
+
+        False also when nothing would come out: no file and the `gateway.access` logger is off.
+        """
         ratio = self.sample_ratio
-        if ratio < 1.0 and (ratio <= 0.0 or self._random() >= ratio):
+        if (ratio < 1.0 and (ratio <= 0.0 or self._random() >= ratio)) or (
+            self.path is None and not self._logger.isEnabledFor(logging.INFO)
+        ):
             self.sampled_out += 1
+            return False
+        return True
+
+    def record(self, entry: Mapping[str, Any], *, drawn: bool = False) -> bool:
+        """Queue one request's entry (sampled, unless `drawn` says `sampled()` already decided); True when
+        it was queued. Never blocks, never raises."""
+        if not drawn and not self.sampled():
             return False
         queue = self._queue
         if len(queue) >= self._max_queue:
@@ -160,9 +172,8 @@ class AccessLog:
 
     def _write(self, lines: list[bytes]) -> None:
         """Runs in a worker thread."""
-        if self.path is None:
-            for line in lines:
-                self._logger.info(line.decode())
+        if self.path is None:  # one record per batch: the logger's cost is per call, not per line
+            self._logger.info(b"\n".join(lines).decode())
             return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -201,7 +201,7 @@ class Accounting:
             tenant=tenant,
             error_type=error_type,
         )
-        if self._access_log is not None:
+        if self._access_log is not None and self._access_log.sampled():
             self._access_log.record(
                 {
                     "time": time.time(),
@@ -226,7 +226,8 @@ class Accounting:
                     "error_type": error_type,
                     "stream": state is not None,
                     "canary": canary,
-                }
+                },
+                drawn=True,
             )
         if ctx.tenant is not None and backend is not None:
             tokens = usage.total_tokens if usage else 0

@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    access = logging.getLogger("gateway.access")  # JSON lines as they are, without the log-line prefix
+    access.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
     if args.command == "check":
         sys.exit(_check(args.file))
     if args.command == "serve":

@@ -158,12 +158,13 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         access_log=shared.access_log,
         watch=ModelWatch(shared.monitor, shared.feedback, shared.slo, shared.analyzer),
     )
-    stages: list[Stage] = [
-        accounting,
-        Admission(tenants),
-        Routing(router),
-        ContractCheck(contracts, shared.contract_stats),
-    ]
+    # Only the stages some route uses: every stage is a coroutine call on every request.
+    stages: list[Stage] = [accounting]
+    if config.tenants:
+        stages.append(Admission(tenants))
+    stages.append(Routing(router))
+    if contracts:
+        stages.append(ContractCheck(contracts, shared.contract_stats))
     forwarder = Forwarder(shared.client, TrustedProxies(config.listen.trusted_proxies), shared.contract_stats)
     if any(r.config.shadow is not None for r in routes):
         stages.append(ShadowMirror(routes, forwarder, shared.tasks, shared.shadows, {}, shared.rng))

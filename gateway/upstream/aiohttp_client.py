@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -27,25 +27,29 @@ class AiohttpResponse:
         self._backend = backend
         self.status = response.status
         self.headers: Headers = list(response.raw_headers)
+        # From here on the socket's read timeout is the idle limit between body chunks (it was the
+        # first-byte limit while waiting for the headers). aiohttp enforces it on the socket, so
+        # reading needs no timer of its own.
+        connection = response.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = idle_s
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        while True:
-            try:
-                async with asyncio.timeout(self._idle_s):
-                    chunk = await content.readany()
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"no bytes for {self._idle_s:g}s (idle_s) mid-body", backend=self._backend
-                ) from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamConnectError(f"connection broke mid-body: {exc}", backend=self._backend) from None
-            if not chunk:
-                return
-            yield chunk
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except aiohttp.ServerTimeoutError:
+            raise UpstreamTimeout(f"no bytes for {self._idle_s:g}s (idle_s) mid-body", backend=self._backend) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"connection broke mid-body: {exc}", backend=self._backend) from None
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        try:
+            return await self._response.read()
+        except aiohttp.ServerTimeoutError:
+            raise UpstreamTimeout(f"no bytes for {self._idle_s:g}s (idle_s) mid-body", backend=self._backend) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"connection broke mid-body: {exc}", backend=self._backend) from None
 
     async def aclose(self) -> None:
         # release() keeps a fully read connection for reuse; close() drops one left mid-body.
@@ -53,6 +57,12 @@ class AiohttpResponse:
             self._response.release()
         else:
             self._response.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _client_timeout(connect_s: float, first_byte_s: float) -> aiohttp.ClientTimeout:
+    """aiohttp enforces both on the socket: connect, then silence until the response headers."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=first_byte_s)
 
 
 class AiohttpClient:
@@ -75,24 +85,22 @@ class AiohttpClient:
         )
 
     async def send(self, request: UpstreamRequest, timeouts: AttemptTimeouts) -> AiohttpResponse:
-        headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
+        headers = CIMultiDict([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers])
         try:
-            async with asyncio.timeout(timeouts.first_byte_s):
-                response = await self._session.request(
-                    request.method,
-                    URL(request.url, encoded=True),
-                    headers=headers,
-                    data=request.body or None,
-                    allow_redirects=False,
-                    timeout=timeout,
-                )
-        except TimeoutError:
+            response = await self._session.request(
+                request.method,
+                URL(request.url, encoded=True),
+                headers=headers,
+                data=request.body or None,
+                allow_redirects=False,
+                timeout=_client_timeout(timeouts.connect_s, timeouts.first_byte_s),
+            )
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout(f"connect timed out after {timeouts.connect_s:g}s", backend=request.backend) from None
+        except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(
                 f"no response headers within {timeouts.first_byte_s:g}s (first_byte_s)", backend=request.backend
             ) from None
-        except aiohttp.ServerTimeoutError:
-            raise UpstreamTimeout(f"connect timed out after {timeouts.connect_s:g}s", backend=request.backend) from None
         except aiohttp.ClientError as exc:
             raise UpstreamConnectError(_describe(exc), backend=request.backend) from None
         return AiohttpResponse(response, timeouts.idle_s, request.backend)
