@@ -99,7 +99,10 @@ class Attempts:
                     await self._sleep(wait)
             sent += 1
             try:
-                reply = await self._attempt_maybe_hedged(ctx, backend, order, extra, deadline, sent == 1)
+                if sent == 1 and route.config.hedge is not None:
+                    reply = await self._first_attempt_hedged(ctx, backend, order, extra, deadline)
+                else:
+                    reply = await self._attempt(ctx, backend, extra, deadline)
             except UpstreamError as exc:
                 breaker.record(exc.reason in BREAKER_FAILURES)
                 failures.append(exc)
@@ -148,18 +151,17 @@ class Attempts:
             wait = max(wait, mine[-2] + SAME_BACKEND_WINDOW_S - now)
         return wait
 
-    async def _attempt_maybe_hedged(
+    async def _first_attempt_hedged(
         self,
         ctx: RequestContext,
         backend: BackendTarget,
         order: list[BackendTarget],
         extra: dict[str, Any] | None,
         deadline: float,
-        first: bool,
     ) -> Reply:
         route = ctx.route
         hedge = route.config.hedge
-        if not first or hedge is None or self._latency is None:
+        if hedge is None or self._latency is None:
             return await self._attempt(ctx, backend, extra, deadline)
         hedge_budget = self._resilience.hedge_budget(route.name, hedge.max_ratio)
         hedge_budget.request()

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 
-_JSON_TYPES = (b"application/json", b"+json")
 _HEALTH = frozenset({"/healthz", "/readyz"})
 
 
@@ -97,7 +96,7 @@ async def _read_request(
 ) -> RequestContext:
     limits = runtime.config.listen
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    _vet_headers(headers, limits.max_header_count, limits.max_header_bytes)
+    content_type, content_length = _vet_headers(headers, limits.max_header_count, limits.max_header_bytes)
     path: str = scope["path"]
     _vet_path(path)
     ctx = RequestContext(
@@ -112,27 +111,34 @@ async def _read_request(
         scheme=scope["scheme"],
         trace=span,
     )
-    content_type = ctx.header(b"content-type")
-    ctx.body = await _read_body(receive, ctx.header(b"content-length"), limits.max_body_bytes)
-    if ctx.body and (content_type is None or any(t in content_type for t in _JSON_TYPES)):
+    ctx.body = await _read_body(receive, content_length, limits.max_body_bytes)
+    if ctx.body and (content_type is None or b"json" in content_type):  # application/json, +json, text/json
         ctx.document = _parse_json(ctx.body)
     return ctx
 
 
-def _vet_headers(headers: list[tuple[bytes, bytes]], max_count: int, max_bytes: int) -> None:
-    # httptools enforces no header limits; uvicorn hands us whatever arrived.
+def _vet_headers(
+    headers: list[tuple[bytes, bytes]], max_count: int, max_bytes: int
+) -> tuple[bytes | None, bytes | None]:
+    """Enforce the header limits (httptools has none) and find Content-Type and Content-Length, in one pass."""
     if len(headers) > max_count:
         raise HeadersTooLarge(f"{len(headers)} header fields; the limit is {max_count}")
     size = 0
     hosts = 0
+    content_type = content_length = None
     for key, value in headers:
         size += len(key) + len(value) + 4
         if key == b"host":
             hosts += 1
+        elif key == b"content-type":
+            content_type = value
+        elif key == b"content-length":
+            content_length = value
     if size > max_bytes:
         raise HeadersTooLarge(f"{size} bytes of header fields; the limit is {max_bytes}")
     if hosts > 1:
         raise BadRequest("more than one Host header", errors=[FieldError("host", "must appear once")])
+    return content_type, content_length
 
 
 def _vet_path(path: str) -> None:

@@ -187,7 +187,13 @@ class ResilienceState:
 
     def breaker(self, route: str, backend: str, config: BreakerConfig) -> CircuitBreaker:
         breaker = self._breakers.get((route, backend))
-        if breaker is None or breaker.config != config:
+        if breaker is not None and breaker.config is not config:
+            # A reload: an equal config keeps the breaker's state (and is compared only this once).
+            if breaker.config == config:
+                breaker.config = config
+            else:
+                breaker = None
+        if breaker is None:
             breaker = CircuitBreaker(route, backend, config, self._clock, self._listener)
             self._breakers[(route, backend)] = breaker
         return breaker

@@ -425,7 +425,10 @@ def gateway_config(upstream: str, client: str, directory: Path, features: str = 
 def preflight(url: str, kind: str) -> None:
     """One request before any load: the target must answer 200 with the upstream's JSON."""
     request = urllib.request.Request(
-        url + PATH, data=json.dumps(BODY).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        url + PATH,
+        data=json.dumps(BODY).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer bench-key"},  # as wrk sends
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -59,6 +59,12 @@ class AiohttpResponse:
             self._response.close()
 
 
+@functools.lru_cache(maxsize=4096)
+def _url(url: str) -> URL:
+    """Parsed once per distinct URL: inference traffic repeats a handful of paths."""
+    return URL(url, encoded=True)
+
+
 @functools.lru_cache(maxsize=256)
 def _client_timeout(connect_s: float, first_byte_s: float) -> aiohttp.ClientTimeout:
     """aiohttp enforces both on the socket: connect, then silence until the response headers."""
@@ -89,7 +95,7 @@ class AiohttpClient:
         try:
             response = await self._session.request(
                 request.method,
-                URL(request.url, encoded=True),
+                _url(request.url),
                 headers=headers,
                 data=request.body or None,
                 allow_redirects=False,
