@@ -7,6 +7,7 @@ On the way back it prices a non-streamed answer (for `x-gateway-cost-usd`); ever
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
@@ -27,6 +28,7 @@ from gateway.tenants import Tenants, TenantState
 from gateway.types import Clock, Next
 
 COST_HEADER = b"x-gateway-cost-usd"
+SETTLE_EVERY_S = 0.05  # a budget may be overspent by what the in-flight requests of this window cost
 
 
 class TrafficStats:
@@ -85,6 +87,8 @@ class Accounting:
     ) -> None:
         self._access_log = access_log
         self._watch = watch
+        self._settlements: dict[str, tuple[TenantState, int, float]] = {}  # across requests, by design
+        self._settling = False
         self._latency = latency
         self._ledger = ledger
         self._metrics = metrics
@@ -229,11 +233,27 @@ class Accounting:
                 },
                 drawn=True,
             )
-        if ctx.tenant is not None and backend is not None:
-            tokens = usage.total_tokens if usage else 0
-            self._tasks.spawn(self._settle(ctx.tenant, tokens, cost or 0.0), name="tenant-settle")
+        tenant_state = ctx.tenant
+        if tenant_state is not None and backend is not None:
+            if tenant_state.tokens_per_minute is not None or tenant_state.usd_per_day is not None:
+                self._queue_settlement(tenant_state, usage.total_tokens if usage else 0, cost or 0.0)
 
-    async def _settle(self, tenant: TenantState, tokens: int, cost: float) -> None:
-        await self._tenants.settle(tenant, tokens, cost)
-        if tenant.usd_per_day is not None:
-            self._metrics.set_budget_remaining(tenant.name, await self._tenants.remaining_budget(tenant))
+    def _queue_settlement(self, tenant: TenantState, tokens: int, cost: float) -> None:
+        """Tenants' tokens and spend, summed and settled every SETTLE_EVERY_S by one task, not one per request."""
+        pending = self._settlements.get(tenant.name)
+        if pending is None:
+            self._settlements[tenant.name] = (tenant, tokens, cost)
+        else:
+            self._settlements[tenant.name] = (tenant, pending[1] + tokens, pending[2] + cost)
+        if not self._settling:
+            self._settling = True
+            self._tasks.spawn(self._settle_pending(), name="tenant-settle")
+
+    async def _settle_pending(self) -> None:
+        await asyncio.sleep(SETTLE_EVERY_S)
+        pending, self._settlements = self._settlements, {}
+        self._settling = False
+        for tenant, tokens, cost in pending.values():
+            await self._tenants.settle(tenant, tokens, cost)
+            if tenant.usd_per_day is not None:
+                self._metrics.set_budget_remaining(tenant.name, await self._tenants.remaining_budget(tenant))

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.audit import AuditLog
+from gateway.baseline import build_baseline, write_baseline
 from gateway.errors import (
     BadRequest,
     ContractViolation,
@@ -149,6 +150,27 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
         weights = {b.name: (100.0 if b.name == canary else 0.0) for b in holder.current.router.by_name[route].backends}
         return _change(request, route, "promote", weights, f"all traffic to {canary}")
 
+    async def baseline(request: Request) -> Response:
+        """Build the route's drift baseline from live traffic; write it where `monitor.drift.baseline` says."""
+        route = _route(request)
+        config = next(r for r in holder.current.config.routes if r.name == route)
+        pairs = holder.shared.samples.pairs(route)
+        if config.monitor is None or not pairs:
+            raise BadRequest(f"route {route!r} has no monitored traffic to build a baseline from")
+        responses = [response for _, response in pairs] if all(r is not None for _, r in pairs) else None
+        try:
+            built = build_baseline(config, [document for document, _ in pairs], responses=responses)
+        except ValueError as exc:
+            raise BadRequest(f"cannot build a baseline: {exc}") from None
+        drift = config.monitor.drift
+        written = None
+        if drift is not None and drift.baseline is not None and holder.path is not None:
+            target = holder.path.parent / drift.baseline
+            write_baseline(target, built)
+            written = str(target)
+            audit.append(_actor(request), "baseline", None, {"route": route, "path": written, "documents": len(pairs)})
+        return _Json({"route": route, "documents": len(pairs), "written_to": written, "baseline": built})
+
     async def rollback(request: Request) -> Response:
         route = _route(request)
         stable = holder.current.router.by_name[route].stable.name
@@ -167,6 +189,7 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
             Route("/admin/routes/{route}/weights", guarded(put_weights), methods=["PUT"]),
             Route("/admin/routes/{route}/promote", guarded(promote), methods=["POST"]),
             Route("/admin/routes/{route}/rollback", guarded(rollback), methods=["POST"]),
+            Route("/admin/routes/{route}/baseline", guarded(baseline), methods=["POST"]),
         ],
         exception_handlers={
             GatewayError: lambda request, exc: _error(exc),

@@ -18,8 +18,10 @@ class Admission:
         tenant = self._tenants.authenticate(ctx.headers)
         if tenant is not None:
             ctx.tenant = tenant
-            document = ctx.document
-            max_tokens = document.get("max_tokens") if isinstance(document, dict) else None
-            expected = estimate_usage(document, 0).input_tokens + (max_tokens if isinstance(max_tokens, int) else 0)
+            expected = 0
+            if tenant.tokens_per_minute is not None:  # the estimate is only needed against a token rate
+                document = ctx.document
+                max_tokens = document.get("max_tokens") if isinstance(document, dict) else None
+                expected = estimate_usage(document, 0).input_tokens + (max_tokens if isinstance(max_tokens, int) else 0)
             await self._tenants.admit(tenant, expected)
         return await call_next(ctx)

@@ -215,6 +215,8 @@ class CanaryAnalyzer:
             ACTOR, action, {"route": route.name, "weights": before}, {"route": route.name, "weights": full}
         )
         self._holder.shared.metrics.canary_decision(route.name, action)
+        observed = {f"gateway.canary.{name}": value for name, value in (verdict.observed or {}).items()}
+        self._holder.shared.tracing.decision(action, route.name, {"gateway.reason": verdict.reason, **observed})
         log.warning("canary analysis: %s on route %s (%s)", action, route.name, verdict.reason)
         if cfg.webhook and action in ("rollback", "promote"):
             payload = {"kind": action, "route": route.name, "owner": route.owner, "reason": verdict.reason, **details}

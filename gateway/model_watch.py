@@ -8,6 +8,7 @@ by a fallback to stable still counts against the canary.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +25,24 @@ if TYPE_CHECKING:
 FAILURES = frozenset({"status_5xx", "timeout", "connect", "contract"})
 
 
+class LiveSamples:
+    """The last request and response bodies of each monitored route, for `POST /admin/routes/{route}/baseline`
+    (a drift baseline built from live traffic). Keeps references to already parsed bodies: no copies."""
+
+    def __init__(self, capacity: int = 5000) -> None:
+        self._capacity = capacity
+        self._pairs: dict[str, deque[tuple[object, object]]] = {}
+
+    def add(self, route: str, request: object, response: object) -> None:
+        ring = self._pairs.get(route)
+        if ring is None:
+            ring = self._pairs[route] = deque(maxlen=self._capacity)
+        ring.append((request, response))
+
+    def pairs(self, route: str) -> list[tuple[object, object]]:
+        return list(self._pairs.get(route, ()))
+
+
 class ModelWatch:
     def __init__(
         self,
@@ -31,8 +50,10 @@ class ModelWatch:
         feedback: FeedbackStore,
         slo: SloBook,
         analyzer: CanaryAnalyzer,
+        samples: LiveSamples,
         clock: Clock = time.perf_counter,
     ) -> None:
+        self._samples = samples
         self._monitor = monitor
         self._feedback = feedback
         self._slo = slo
@@ -60,11 +81,14 @@ class ModelWatch:
             return  # streams and errors carry no predictions to monitor
         if self._monitor.wants_request(route) and ctx.document is not None:
             self._monitor.observe_request(route, backend, ctx.document)
+        document = None
         if self._monitor.wants_response(route):
             document = reply.document if reply.document is not None else _parse(reply.body)
             observed = self._monitor.observe_response(route, backend, document)
             if observed is not None:
                 self._feedback.remember(ctx.request_id, route, backend, observed.predictions, observed.confidences)
+        if ctx.document is not None and self._monitor.wants_request(route):
+            self._samples.add(route, ctx.document, document)
 
 
 def _parse(body: bytes) -> Any:

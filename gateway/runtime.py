@@ -33,7 +33,7 @@ from gateway.health import Health
 from gateway.latency import LatencyBook
 from gateway.loader import ConfigError, load_config
 from gateway.metrics import Metrics
-from gateway.model_watch import ModelWatch
+from gateway.model_watch import LiveSamples, ModelWatch
 from gateway.monitor_setup import load_monitors
 from gateway.monitoring.book import MonitorBook
 from gateway.pipeline import compose
@@ -72,6 +72,7 @@ class Shared:
     monitor: MonitorBook = field(default_factory=MonitorBook)
     slo: SloBook = field(default_factory=SloBook)
     feedback: FeedbackStore = field(default_factory=FeedbackStore)
+    samples: LiveSamples = field(default_factory=LiveSamples)
     analyzer: CanaryAnalyzer = field(init=False)
     resilience: ResilienceState = field(init=False)
     contract_stats: ContractStats = field(init=False)
@@ -156,7 +157,7 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         tasks=shared.tasks,
         prices=prices,
         access_log=shared.access_log,
-        watch=ModelWatch(shared.monitor, shared.feedback, shared.slo, shared.analyzer),
+        watch=ModelWatch(shared.monitor, shared.feedback, shared.slo, shared.analyzer, shared.samples),
     )
     # Only the stages some route uses: every stage is a coroutine call on every request.
     stages: list[Stage] = [accounting]

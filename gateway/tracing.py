@@ -289,6 +289,16 @@ class Tracing:
         _current.set(request)
         return request
 
+    def decision(self, name: str, route: str, attributes: Attributes) -> None:
+        """A decision taken outside any request (a canary rollback or promotion, a drift alert): one
+        INTERNAL span, always recorded when tracing is on (decisions are rare), carrying it as an event."""
+        if not self.enabled:
+            return
+        span = self._tracer.start_span(f"gateway.{name}", kind=trace.SpanKind.INTERNAL)
+        span.set_attribute("gateway.route", route)
+        span.add_event(f"gateway.{name}", attributes)
+        span.end()
+
     def current(self) -> RequestSpan:
         """The sampled request span of the running task (for events raised far from the request, such as a
         circuit change); a no-op span when there is none."""

@@ -148,7 +148,7 @@ def test_canary_with_shifted_predictions_is_rolled_back(demos: Demos, gateway_fa
 def test_less_accurate_canary_is_rolled_back(demos: Demos, gateway_factory: GatewayFactory) -> None:
     v1, v2 = demos
     v2.control(mode="status", status=200, body=shifted_outputs("negative"), path_prefix="/v2/models")
-    analysis = {"max_prediction_divergence": 1000.0, "min_accuracy_delta": -0.1}
+    analysis = {"max_prediction_divergence": 1000.0, "min_accuracy_delta": -0.1, "max_p99_ratio": 1000.0}
     gateway = gateway_factory({"routes": [kserve_route(v1, v2, analysis)]})
     truth = ["positive", "negative", "positive", "negative"]  # what stable predicts for ROWS
     statuses = []
@@ -261,3 +261,23 @@ def test_baseline_command_and_drift_alert(demos: Demos, gateway_factory: Gateway
     check = subprocess.run([sys.executable, "-m", "gateway", "check", str(bad)], capture_output=True, text=True)
     assert check.returncode == 1
     assert "routes[0].monitor.drift.baseline" in check.stderr
+
+
+def test_baseline_from_live_traffic(demos: Demos, gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    v1, v2 = demos
+    route = kserve_route(v1, v2, {})
+    del route["canary_analysis"]
+    route["monitor"]["drift"] = {"metric": "psi"}
+    gateway = gateway_factory({"routes": [route]})
+    admin = gateway.admin_url
+    empty = httpx.post(f"{admin}/admin/routes/credit/baseline")
+    assert empty.status_code == 400
+    with httpx.Client() as client:
+        for i in range(40):
+            body = {"inputs": [{"name": "age", "shape": [4], "datatype": "FP32", "data": [20.0 + i, 30.0, 40.0, 50.0]}]}
+            assert client.post(f"{gateway.url}/v2/models/credit/infer", json=body).status_code == 200
+    built = httpx.post(f"{admin}/admin/routes/credit/baseline").json()
+    assert built["documents"] == 40
+    assert built["written_to"] is None  # no `drift.baseline` path configured: returned, not written
+    assert built["baseline"]["features"]["age"]["kind"] == "numeric"
+    assert built["baseline"]["prediction"] is not None

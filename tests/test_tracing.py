@@ -533,3 +533,16 @@ def test_shutdown_is_bounded_when_the_collector_is_gone() -> None:
     assert time.monotonic() - started < 3.0
     assert not tracing.enabled
     assert not start(tracing).recording
+
+
+def test_decisions_outside_requests_are_internal_spans() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(Telemetry(), exporter=exporter)
+    tracing.decision("rollback", "chat", {"gateway.reason": "error_rate_delta 0.3 > 0.02"})
+    tracing.force_flush()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "gateway.rollback"
+    assert span.attributes is not None and span.attributes["gateway.route"] == "chat"
+    assert span.events[0].attributes == {"gateway.reason": "error_rate_delta 0.3 > 0.02"}
+    tracing.shutdown()
+    Tracing(Telemetry()).decision("rollback", "chat", {})  # tracing off: a no-op

@@ -46,15 +46,16 @@ class HttpxResponse:
 
 class HttpxClient:
     def __init__(self, settings: Upstream, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        if transport is None and settings.client == "httpx-aiohttp":
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport()
         limits = httpx.Limits(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_connections,
             keepalive_expiry=settings.keepalive_s,
         )
+        if transport is None and settings.client == "httpx-aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            # The transport keeps its own pool: it needs the limits and trust_env=False itself.
+            transport = AiohttpTransport(limits=limits, trust_env=False)
         self._client = httpx.AsyncClient(
             transport=transport, limits=limits, trust_env=False, follow_redirects=False, timeout=None
         )
