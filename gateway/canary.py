@@ -98,8 +98,5 @@ class WeightTable:
         self._live[route] = dict(weights)
         return before
 
-    def is_live(self, route: str) -> bool:
-        return route in self._live
-
     def __repr__(self) -> str:
         return f"<WeightTable routes={len(self._file)} live={sorted(self._live)}>"

@@ -11,7 +11,6 @@ The HTTP meaning lives on the class, so a stage raises and the edge renders::
     ├── ContractViolation        422  contract_violation  .errors lists every failing field
     ├── TooManyRequests          429  rate_limited        rate limit or budget, with Retry-After
     ├── HeadersTooLarge          431  headers_too_large
-    ├── ServiceUnavailable       503  unavailable         shedding, or every circuit open, with Retry-After
     └── UpstreamError            502  upstream_error      .backend .reason (the fallback class)
         ├── UpstreamConnectError 502  connect             connection refused or reset before headers
         ├── UpstreamBadResponse  502  contract            response broke its contract
@@ -119,14 +118,6 @@ class TooManyRequests(GatewayError):
     status_code = 429
     error_type = "rate_limited"
     title = "Too many requests"
-
-
-class ServiceUnavailable(GatewayError):
-    """Shedding load, or every backend's circuit is open; carries a Retry-After header."""
-
-    status_code = 503
-    error_type = "unavailable"
-    title = "Service unavailable"
 
 
 class HeadersTooLarge(GatewayError):

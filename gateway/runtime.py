@@ -209,6 +209,10 @@ class RuntimeHolder:
             self.events.record("reload_failed", message, actor=actor, details={"errors": exc.problems})
             return ReloadResult(False, message, exc.problems)
         before = self.current.config
+        kept = {(r.name, b.name) for r in config.routes for b in r.backends}
+        for route_name, backend in {(r.name, b.name) for r in before.routes for b in r.backends} - kept:
+            self.shared.metrics.forget_backend(route_name, backend)  # gauges of removed backends go away
+            self.shared.latency.forget(route_name, backend)
         for route in self.shared.weights.sync(config.routes):
             self.events.record(
                 "weights", "the file changed this route's weights: run-time weights dropped", route=route, actor=actor

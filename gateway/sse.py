@@ -32,11 +32,6 @@ class SseEvent:
         return ("\n".join(lines) + "\n\n").encode()
 
 
-def encode_data(data: bytes) -> bytes:
-    """A plain `data:` event for a single-line payload (the common case, without building an SseEvent)."""
-    return b"data: " + data + b"\n\n"
-
-
 class SseParser:
     """Feed bytes, get complete events; `pending` tells whether a partial event is buffered."""
 

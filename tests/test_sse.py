@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from gateway.sse import SseEvent, SseParser, encode_data
+from gateway.sse import SseEvent, SseParser
 
 
 def test_events_split_across_chunks_and_line_endings() -> None:
@@ -30,7 +30,6 @@ def test_unknown_fields_are_ignored_and_a_blank_line_alone_dispatches_nothing() 
 def test_encode_round_trips() -> None:
     for event in (SseEvent("a\nb", event="e", id="1", retry="5"), SseEvent("c"), SseEvent("ping", comment=True)):
         assert SseParser().feed(event.encode()) == [event]
-    assert encode_data(b"[DONE]") == b"data: [DONE]\n\n"
 
 
 @given(
