@@ -30,6 +30,7 @@ class Listen(Model):
     trusted_proxies: list[str] = []
     keepalive_s: PositiveSeconds = 5.0
     drain_s: PositiveSeconds = 10.0  # how long SIGTERM waits for in-flight requests
+    max_in_flight: int | None = Field(None, gt=0)  # past it, shed load: 503 with Retry-After
 
 
 class Admin(Model):

@@ -11,6 +11,7 @@ The HTTP meaning lives on the class, so a stage raises and the edge renders::
     ├── ContractViolation        422  contract_violation  .errors lists every failing field
     ├── TooManyRequests          429  rate_limited        rate limit or budget, with Retry-After
     ├── HeadersTooLarge          431  headers_too_large
+    ├── Overloaded               503  overloaded          shedding load, with Retry-After
     └── UpstreamError            502  upstream_error      .backend .reason (the fallback class)
         ├── UpstreamConnectError 502  connect             connection refused or reset before headers
         ├── UpstreamBadResponse  502  contract            response broke its contract
@@ -118,6 +119,14 @@ class TooManyRequests(GatewayError):
     status_code = 429
     error_type = "rate_limited"
     title = "Too many requests"
+
+
+class Overloaded(GatewayError):
+    """Shedding load: more requests in flight than `listen.max_in_flight`; carries a Retry-After header."""
+
+    status_code = 503
+    error_type = "overloaded"
+    title = "Shedding load"
 
 
 class HeadersTooLarge(GatewayError):

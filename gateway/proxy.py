@@ -23,17 +23,20 @@ from gateway.errors import (
     FieldError,
     GatewayError,
     HeadersTooLarge,
+    Overloaded,
     UpstreamError,
     render_error,
 )
 from gateway.feedback_api import PATH as FEEDBACK_PATH, answer_feedback
 from gateway.tasks import TaskSet
+from gateway.tracing import NO_SPAN
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime, RuntimeHolder
     from gateway.tracing import RequestSpan
 
 log = logging.getLogger("gateway")
+_RETRY_SOON = [(b"retry-after", b"1")]
 _random_bits = random.Random().getrandbits  # seeded from os.urandom once, at import
 
 
@@ -47,6 +50,7 @@ class DataPlane:
         self._holder = holder
         self._tasks = tasks
         self._tracing = holder.shared.tracing
+        self._in_flight = 0  # across requests, by design: the load to shed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs with lifespan="off"; websockets are not proxied
@@ -60,6 +64,20 @@ class DataPlane:
         if scope["path"] == FEEDBACK_PATH and scope["method"] == "POST":
             await answer_feedback(self._holder.shared.feedback, receive, send, request_id)
             return
+        limit = runtime.config.listen.max_in_flight
+        if limit is not None and self._in_flight >= limit:
+            shed = Overloaded(f"{self._in_flight} requests in flight; the limit is {limit}", headers=_RETRY_SOON)
+            await _send_error(send, shed, request_id, None, NO_SPAN)
+            return
+        self._in_flight += 1
+        try:
+            await self._handle(scope, receive, send, runtime, received_at, request_id)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, received_at: float, request_id: str
+    ) -> None:
         client = scope.get("client")
         client_ip = client[0] if client else ""
         span = self._tracing.start_request(

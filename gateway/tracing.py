@@ -69,7 +69,15 @@ from opentelemetry.util.types import AttributeValue
 from gateway import __version__
 from gateway.config import Telemetry
 
-__all__ = ["TRACE_HEADERS", "AttemptSpan", "RequestSpan", "Tracing", "format_traceparent", "parse_traceparent"]
+__all__ = [
+    "NO_SPAN",
+    "TRACE_HEADERS",
+    "AttemptSpan",
+    "RequestSpan",
+    "Tracing",
+    "format_traceparent",
+    "parse_traceparent",
+]
 
 log = logging.getLogger("gateway")
 
@@ -302,7 +310,7 @@ class Tracing:
     def current(self) -> RequestSpan:
         """The sampled request span of the running task (for events raised far from the request, such as a
         circuit change); a no-op span when there is none."""
-        return _current.get() or _NOOP
+        return _current.get() or NO_SPAN
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         """Export what has ended; False if that did not finish within `timeout_s`. Blocks the calling
@@ -713,7 +721,7 @@ class _SampledAttempt(AttemptSpan):
         span.end()
 
 
-_NOOP = RequestSpan(0, 0, 0, None, None)
+NO_SPAN = RequestSpan(0, 0, 0, None, None)  # a no-op span, also for answers given before any span starts
 
 
 def _bounded(work: Callable[[], object], timeout_s: float) -> bool:

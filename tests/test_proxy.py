@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -284,3 +285,22 @@ async def test_health_endpoints_answer_on_the_data_port() -> None:
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 503  # nothing probed yet: no backend known reachable
     assert ready.json()["routes"]["echo"] == {"e": False}
+
+
+async def test_load_past_max_in_flight_is_shed_with_a_503() -> None:
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200, json={})
+
+    config = CONFIG.replace("listen: {", "listen: {max_in_flight: 1, ")
+    async with inprocess_gateway(config, slow) as client:  # type: ignore[arg-type]
+        first = asyncio.ensure_future(client.get("/echo"))
+        await asyncio.sleep(0.05)
+        shed = await client.get("/echo")
+        release.set()
+        assert (await first).status_code == 200
+    assert shed.status_code == 503
+    assert shed.headers["retry-after"] == "1"
+    assert shed.json()["type"].endswith("/overloaded")
