@@ -72,6 +72,7 @@ def create_admin_app(holder: RuntimeHolder, token: str | None, audit: AuditLog) 
                     "name": route.name,
                     "owner": route.owner,
                     "match": route.match.model_dump(),
+                    "canary_analysis": holder.shared.analyzer.snapshot(route.name),
                     "backends": [
                         {
                             "name": b.name,

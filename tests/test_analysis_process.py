@@ -178,6 +178,8 @@ def test_healthy_canary_is_promoted_step_by_step(demos: Demos, gateway_factory: 
     steps = [(e["kind"], e["details"]["after"]["v2"]) for e in events(gateway) if e["kind"] in ("step", "promote")]
     assert steps == [("step", 25.0), ("step", 50.0), ("promote", 100.0)]
     assert weights(gateway, "chat") == {"v1": 0.0, "v2": 100.0}
+    routes = httpx.get(f"{gateway.admin_url}/admin/routes").json()["routes"]
+    assert routes[0]["canary_analysis"]["last_verdict"] == "healthy"
     assert wait_until(lambda: any(r["path"] == "/echo/webhook" for r in v1.stats()["requests"]))
     posted = next(r for r in v1.stats()["requests"] if r["path"] == "/echo/webhook")
     assert orjson.loads(posted["body"])["kind"] == "promote"
