@@ -107,15 +107,12 @@ class Accounting:
             ctx.after_response.append(lambda: self._record(ctx, status, None, kind))
             raise
         if reply.stream is None and reply.backend is not None:
-            usage, cost = self._price(ctx, reply, self._upstream_s(ctx))
+            answered = reply.attempt
+            usage, cost = self._price(ctx, reply, self._clock() - answered.started_at if answered else 0.0)
             ctx.usage, ctx.cost_usd = usage, cost
             reply.headers.append((COST_HEADER, f"{cost:.8f}".rstrip("0").rstrip(".").encode() or b"0"))
         ctx.after_response.append(lambda: self._record(ctx, reply.status, reply))
         return reply
-
-    def _upstream_s(self, ctx: RequestContext) -> float:
-        answered = next((a for a in reversed(ctx.attempts) if a.error is None and a.status is not None), None)
-        return self._clock() - answered.started_at if answered is not None else 0.0
 
     def _price(self, ctx: RequestContext, reply: Reply, upstream_s: float) -> tuple[Usage | None, float]:
         assert reply.backend is not None
@@ -141,7 +138,7 @@ class Accounting:
         route = ctx.route.name if ctx.has_route else ""
         backend = reply.backend.name if reply is not None and reply.backend is not None else None
         tenant = ctx.tenant.name if ctx.tenant is not None else None
-        answered = next((a for a in reversed(ctx.attempts) if a.backend == backend and a.error is None), None)
+        answered = reply.attempt if reply is not None else None
         upstream_s = (answered.headers_at - answered.started_at) if answered and answered.headers_at else None
         state = ctx.stream
         ttft_s = state.first_event_at - ctx.received_at if state is not None and state.first_event_at else None
@@ -165,8 +162,8 @@ class Accounting:
                     ttft_s * 1000 if ttft_s is not None else None,
                 )  # fmt: skip
                 self._ledger.record(route, backend, tenant, cost_usd=cost or 0.0, usage=usage)
-            for attempt in ctx.attempts:  # failed attempts are never billed as completions: they are waste
-                if attempt.error is not None:
+            for attempt in ctx.attempts:  # failed and cancelled attempts are never billed as completions: waste
+                if attempt.error is not None or attempt.cancelled:
                     spent = (attempt.headers_at or now) - attempt.started_at
                     wasted = waste_usd(self._prices.get((route, attempt.backend)), spent)
                     self._ledger.record_waste(route, attempt.backend, tenant, wasted)

@@ -94,7 +94,7 @@ class Attempts:
                     log.info(
                         "request %s: retry budget of route %s spent; answering the failure", ctx.request_id, route.name
                     )
-                    return _answer_failure(failures[-1], route)
+                    return _answer_failure(failures[-1], ctx)
                 if wait > 0:
                     await self._sleep(wait)
             sent += 1
@@ -107,7 +107,7 @@ class Attempts:
                 breaker.record(exc.reason in BREAKER_FAILURES)
                 failures.append(exc)
                 if exc.reason not in policy.when:
-                    return _answer_failure(exc, route)
+                    return _answer_failure(exc, ctx)
                 if ctx.fallback_reason is None:
                     ctx.fallback_reason = exc.reason
                 ctx.trace.fallback(exc.reason, exc.backend, sent)
@@ -293,11 +293,15 @@ def _retry_same(failure: UpstreamError, deadline: float, now: float) -> bool:
     return retry_after is not None and now + retry_after < deadline
 
 
-def _answer_failure(failure: UpstreamError, route: CompiledRoute) -> Reply:
+def _answer_failure(failure: UpstreamError, ctx: RequestContext) -> Reply:
     """A failure that does not fall back: the upstream's own answer passes through; ours are raised."""
     if isinstance(failure, UpstreamStatus):
         return Reply(
-            failure.upstream_status, failure.upstream_headers, body=failure.body, backend=route.backend(failure.backend)
+            failure.upstream_status,
+            failure.upstream_headers,
+            body=failure.body,
+            backend=ctx.route.backend(failure.backend),
+            attempt=next((a for a in ctx.attempts if a.error is failure), None),
         )
     raise failure
 

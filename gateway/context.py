@@ -30,6 +30,7 @@ class Attempt:
     headers_at: float | None = None
     error: UpstreamError | None = None
     hedge: bool = False
+    cancelled: bool = False  # a hedge that lost (or a client that left): no answer, but upstream time spent
 
 
 @dataclass(slots=True)
@@ -89,5 +90,6 @@ class Reply:
     stream: AsyncIterator[bytes] | None = None
     upstream: UpstreamResponse | None = None  # closed by the writer when the stream ends or breaks
     backend: BackendTarget | None = None
+    attempt: Attempt | None = None  # the attempt whose answer this is (hedges make it not always the last)
     sse: StreamStart | None = None  # set for an event stream: the events read before answering
     document: Any = None  # the parsed answer, when the gateway had to parse it (response contract)

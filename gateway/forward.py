@@ -112,9 +112,11 @@ class Forwarder:
             span.end(exc.upstream_status if isinstance(exc, UpstreamStatus) else None, exc.reason)
             raise
         except BaseException:  # cancelled (a hedge that lost, a client that left)
+            attempt.cancelled = True
             span.end(None, "cancelled")
             raise
         span.end(reply.status)
+        reply.attempt = attempt
         return reply
 
     async def _exchange(

@@ -57,10 +57,10 @@ class DataPlane:
             return
         runtime = self._holder.current  # in-flight requests finish on the config they started with
         received_at = time.perf_counter()
-        request_id = _request_id(scope["headers"])
         if scope["path"] in _HEALTH and scope["method"] == "GET":
             await self._holder.health.answer(scope["path"], send)
             return
+        request_id = _request_id(scope["headers"])
         if scope["path"] == FEEDBACK_PATH and scope["method"] == "POST":
             await answer_feedback(self._holder.shared.feedback, receive, send, request_id)
             return
@@ -246,7 +246,7 @@ async def _write(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tas
         headers.append((b"x-gateway-backend", reply.backend.name.encode()))
     if ctx.attempts:
         headers.append((b"x-gateway-attempts", str(len(ctx.attempts)).encode()))
-        headers.append((b"server-timing", _server_timing(ctx)))
+        headers.append((b"server-timing", _server_timing(ctx, reply)))
     if ctx.fallback_reason is not None:
         headers.append((b"x-gateway-fallback", ctx.fallback_reason.encode()))
     traceparent = ctx.trace.traceparent()
@@ -294,9 +294,9 @@ async def _cancel_on_disconnect(receive: Any, task: Any) -> None:
             return
 
 
-def _server_timing(ctx: RequestContext) -> bytes:
+def _server_timing(ctx: RequestContext, reply: Reply) -> bytes:
     now = time.perf_counter()
-    last = ctx.attempts[-1]
-    upstream_ms = ((last.headers_at or now) - last.started_at) * 1000
+    answered = reply.attempt
+    upstream_ms = ((answered.headers_at or now) - answered.started_at) * 1000 if answered is not None else 0.0
     gateway_ms = (now - ctx.received_at) * 1000 - upstream_ms
     return f"gateway;dur={gateway_ms:.2f}, upstream;dur={upstream_ms:.2f}".encode()

@@ -98,7 +98,7 @@ class ShadowMirror:
         backend = route.backend(shadow.backend)
         assert backend is not None  # checked when the config was loaded
         stats = self._stats.setdefault(route.name, ShadowStats(backend.name))
-        answered = next((a for a in reversed(ctx.attempts) if a.error is None and a.headers_at), None)
+        answered = primary.attempt
         attempt = Attempt(backend=backend.name, started_at=self._clock())
         deadline = attempt.started_at + route.timeouts.attempt_s
         stats.mirrored += 1

@@ -250,18 +250,27 @@ def test_reload_good_and_bad(
     assert "reload_failed" in kinds
 
 
-def test_in_flight_requests_finish_on_their_config(
-    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory
-) -> None:
+def slow_request(
+    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory, delay_ms: int
+) -> tuple[dict[str, Any], Gateway, threading.Thread, list[httpx.Response]]:
+    """A gateway whose /echo backend answers one request `delay_ms` late, and that request under way."""
     v1, v2 = demos
     config = two_routes(v1, v2)
     config["routes"][1]["timeouts"] = {**FAST, "first_byte_s": 5.0, "attempt_s": 5.0, "request_s": 5.0}
     gateway = gateway_factory(config)
-    v2.control(mode="delay", delay_ms=800, count=1)
+    v2.control(mode="delay", delay_ms=delay_ms, count=1)
     result: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: result.append(httpx.get(f"{gateway.url}/echo/slow", timeout=5)))
     thread.start()
     time.sleep(0.3)
+    return config, gateway, thread, result
+
+
+def test_in_flight_requests_finish_on_their_config(
+    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory
+) -> None:
+    v1, _ = demos
+    config, gateway, thread, result = slow_request(demos, gateway_factory, 800)
     moved = {**config, "routes": [route("echo", "/echo", {"name": "moved", "url": v1.url})]}
     gateway.write_config({**moved, "listen": {"port": 0}, "admin": {"port": 0}})
     assert httpx.post(f"{gateway.admin_url}/admin/reload").json()["reloaded"] is True
@@ -274,15 +283,7 @@ def test_in_flight_requests_finish_on_their_config(
 def test_sigterm_drains_in_flight_requests(
     demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory
 ) -> None:
-    v1, v2 = demos
-    config = two_routes(v1, v2)
-    config["routes"][1]["timeouts"] = {**FAST, "first_byte_s": 5.0, "attempt_s": 5.0, "request_s": 5.0}
-    gateway = gateway_factory(config)
-    v2.control(mode="delay", delay_ms=700, count=1)
-    result: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: result.append(httpx.get(f"{gateway.url}/echo/slow", timeout=5)))
-    thread.start()
-    time.sleep(0.3)
+    _, gateway, thread, result = slow_request(demos, gateway_factory, 700)
     gateway.proc.signal(signal.SIGTERM)
     thread.join()
     assert result[0].status_code == 200
