@@ -82,7 +82,7 @@ class Tenant(Model):
 class Upstream(Model):
     """The shared upstream HTTP client pool."""
 
-    client: Literal["aiohttp", "httpx", "httpx-aiohttp"] = "aiohttp"
+    client: Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"] = "h1"
     max_connections: int = Field(1024, gt=0)
     max_connections_per_backend: int = Field(256, gt=0)
     keepalive_s: PositiveSeconds = 30.0

@@ -25,7 +25,10 @@ import aiohttp
 import httpx
 import uvicorn
 
-ClientName = Literal["aiohttp", "httpx", "httpx-aiohttp"]
+from gateway.errors import UpstreamError
+from gateway.upstream.base import AttemptTimeouts, UpstreamRequest
+
+ClientName = Literal["aiohttp", "h1", "httpx", "httpx-aiohttp"]
 CLIENTS: tuple[ClientName, ...] = get_args(ClientName)
 
 # The request headers worth forwarding to a model server; everything else is dropped.
@@ -94,9 +97,34 @@ class HttpxClient:
         await self._client.aclose()
 
 
+class H1Client:
+    """The gateway's own HTTP/1.1 client (gateway.upstream.h1_client), with generous timeouts."""
+
+    def __init__(self) -> None:
+        from gateway.config import Upstream
+        from gateway.upstream.h1_client import H1Client as Client
+
+        self._client = Client(
+            Upstream(max_connections=MAX_CONNECTIONS, max_connections_per_backend=MAX_CONNECTIONS_PER_HOST)
+        )
+        self._timeouts = AttemptTimeouts(connect_s=30, first_byte_s=30, idle_s=30)
+
+    async def send(self, method: str, url: str, headers: Headers, body: bytes) -> tuple[int, Headers, bytes]:
+        response = await self._client.send(UpstreamRequest("upstream", method, url, headers, body), self._timeouts)
+        try:
+            return response.status, _content_type(response.headers), await response.read()
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
 def make_client(name: ClientName) -> Client:
     if name == "aiohttp":
         return AiohttpClient()
+    if name == "h1":
+        return H1Client()
     return HttpxClient("aiohttp" if name == "httpx-aiohttp" else "httpcore")
 
 
@@ -121,7 +149,7 @@ class PassThrough:
         headers = [(k, v) for k, v in scope["headers"] if k in FORWARDED]
         try:
             status, response_headers, content = await self._client.send(scope["method"], url, headers, body)
-        except (aiohttp.ClientError, httpx.HTTPError, TimeoutError) as exc:
+        except (aiohttp.ClientError, httpx.HTTPError, TimeoutError, UpstreamError) as exc:
             status, response_headers, content = 502, [(b"content-type", b"text/plain")], repr(exc).encode()
         response_headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})

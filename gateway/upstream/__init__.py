@@ -12,6 +12,10 @@ __all__ = ["AttemptTimeouts", "UpstreamClient", "UpstreamRequest", "UpstreamResp
 
 def make_client(settings: Upstream, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamClient:
     """The configured client; a given httpx transport (tests) always means the httpx client."""
+    if settings.client == "h1" and transport is None:
+        from gateway.upstream.h1_client import H1Client
+
+        return H1Client(settings)
     if settings.client == "aiohttp" and transport is None:
         from gateway.upstream.aiohttp_client import AiohttpClient
 
