@@ -1,0 +1,109 @@
+"""The OTLP span encoder against the SDK's own: the same request for every kind of span and value."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from gateway.otlp import encode_spans
+
+RESOURCE = Resource({"service.name": "gw", "service.version": "1.0"}, schema_url="https://schema/1")
+OTHER_RESOURCE = Resource({"service.name": "other"})
+SCOPE = InstrumentationScope("gateway", "1.0")
+BARE_SCOPE = InstrumentationScope("bare")
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+def span(
+    span_id: int,
+    *,
+    parent: SpanContext | None = None,
+    attributes: dict[str, Any] | None = None,
+    events: tuple[Event, ...] = (),
+    links: tuple[Link, ...] = (),
+    kind: SpanKind = SpanKind.SERVER,
+    status: Status | None = None,
+    resource: Resource = RESOURCE,
+    scope: InstrumentationScope | None = SCOPE,
+    state: TraceState | None = None,
+) -> ReadableSpan:
+    context = SpanContext(0xABC, span_id, False, TraceFlags(1), state)
+    return ReadableSpan(
+        name=f"span {span_id}",
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=attributes or {},
+        events=events,
+        links=links,
+        kind=kind,
+        instrumentation_scope=scope,
+        status=status or Status(StatusCode.UNSET),
+        start_time=1_700_000_000_000_000_000 + span_id,
+        end_time=1_700_000_000_500_000_000 + span_id,
+    )
+
+
+SPANS = [
+    span(
+        1,
+        parent=SpanContext(0xABC, 0x99, True, TraceFlags(1)),
+        attributes={
+            "url.path": "/v1/chat/completions",
+            "server.port": 8080,
+            "gateway.canary": False,
+            "gateway.cost_usd": 0.00125,
+            "big": 2**62,
+            "negative": -3,
+            "raw": b"\x00\xff",
+            "nothing": None,
+            "pointers": ["/messages/0", "/model"],
+            "counts": [1, 2],
+            "empty": [],
+            "enum": Colour.RED,
+            "nested": {"a": 1, "b": ["x"]},
+        },
+        events=(
+            Event("gateway.fallback", {"gateway.fallback.reason": "status_5xx", "gateway.attempt": 1}, 5),
+            Event("bare", None, 6),
+        ),
+        state=TraceState([("vendor", "abc"), ("other", "x")]),
+    ),
+    span(2, parent=SpanContext(0xABC, 1, False, TraceFlags(1)), kind=SpanKind.CLIENT),
+    span(3, kind=SpanKind.INTERNAL, status=Status(StatusCode.ERROR, "upstream timed out")),
+    span(4, status=Status(StatusCode.ERROR)),
+    span(5, status=Status(StatusCode.OK)),
+    span(6, links=(Link(SpanContext(0xDEF, 7, True, TraceFlags(1)), {"why": "retry"}),)),
+    span(8, resource=OTHER_RESOURCE),
+    span(9, scope=BARE_SCOPE),
+    span(10, scope=None),
+]
+
+
+@pytest.mark.parametrize("index", range(len(SPANS)))
+def test_each_span_encodes_as_the_sdk_encodes_it(index: int) -> None:
+    spans = [SPANS[index]]
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
+
+
+def test_a_batch_groups_by_resource_and_scope_as_the_sdk_does() -> None:
+    ours = ExportTraceServiceRequest.FromString(encode_spans(SPANS))
+    assert ours == sdk_encode_spans(SPANS)
+    assert len(ours.resource_spans) == 2
+    assert [len(r.scope_spans) for r in ours.resource_spans] == [3, 1]
+
+
+def test_values_the_protocol_cannot_carry_are_refused() -> None:
+    with pytest.raises(TypeError, match="attribute value of type object"):
+        encode_spans([span(1, attributes={"odd": object()})])
