@@ -1,8 +1,10 @@
 """Shared state for budgets, rate limits and run-time decisions: in memory, or in Redis for replicas.
 
 `StateStore` is the small contract both stores keep: counters that expire (`incr` sets the expiry
-when it creates the key, so a window's counter disappears with its window) and strings with
-compare-and-set (for state that must change atomically, such as a rate limiter's next slot).
+when it creates the key, so a window's counter disappears with its window), strings with
+compare-and-set (for state that must change atomically), and GCRA, the rate limiter's one step,
+as a single operation (on Redis one round trip instead of a read and a compare-and-set, and in
+memory no string round trip at all: it runs on every request of a rate-limited tenant).
 Numbers and strings share one key space, as in Redis: keep a key to one kind.
 
 `RedisStore` runs each compound operation as one Lua script, so it is atomic on the server.
@@ -46,7 +48,21 @@ class StateStore(Protocol):
 
     async def set_str(self, key: str, value: str, ttl_s: float | None) -> None: ...
 
+    async def gcra(
+        self, key: str, now: float, increment_s: float, burst_s: float, *, charge: bool, force: bool = False
+    ) -> float:
+        """One step of the generic cell rate algorithm on the theoretical arrival time (TAT) at `key`.
+
+        Seconds until `increment_s` more fits within a `burst_s` allowance at time `now`; 0.0 when it
+        fits, and then it was charged (the TAT moved) if `charge`. `force` charges even when it does
+        not fit (usage that already happened). The key expires when the allowance is full again.
+        """
+        ...
+
     async def aclose(self) -> None: ...
+
+
+GCRA_EPS = 1e-6  # float slack at exact edges: N intervals of 60/N seconds may sum to 60.000000000000014
 
 
 def _format_number(value: float) -> str:
@@ -122,6 +138,24 @@ class MemoryStore:
     async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
         self._put(key, value, ttl_s)
 
+    async def gcra(
+        self, key: str, now: float, increment_s: float, burst_s: float, *, charge: bool, force: bool = False
+    ) -> float:
+        stored = self._live(key)
+        tat = now
+        if stored is not None:
+            try:
+                tat = max(now, float(stored))
+            except ValueError:
+                pass
+        new_tat = tat + increment_s
+        allow_at = new_tat - burst_s
+        if not force and allow_at > now + GCRA_EPS:
+            return allow_at - now
+        if charge:
+            self._put(key, new_tat, new_tat - now + 1.0)
+        return 0.0
+
     async def aclose(self) -> None:
         self._data.clear()
 
@@ -157,6 +191,22 @@ return 1
 """
 
 
+# KEYS[1] the TAT; ARGV now, increment, burst, eps, charge ('1'/'0'), force ('1'/'0'). MemoryStore.gcra,
+# line for line. Numbers go back as strings: Lua numbers returned to Redis become integers.
+_GCRA = """
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local new_tat = tat + tonumber(ARGV[2])
+local allow_at = new_tat - tonumber(ARGV[3])
+if ARGV[6] == '0' and allow_at > now + tonumber(ARGV[4]) then return tostring(allow_at - now) end
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now + 1) * 1000))
+end
+return '0'
+"""
+
+
 def _ms(ttl_s: float) -> int:
     return max(1, math.ceil(ttl_s * 1000))
 
@@ -176,6 +226,7 @@ class RedisStore:
         self._owns_client = owns_client
         self._incr = client.register_script(_INCR)
         self._cas = client.register_script(_CAS)
+        self._gcra = client.register_script(_GCRA)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "gateway:", timeout_s: float = 1.0) -> RedisStore:
@@ -200,6 +251,19 @@ class RedisStore:
 
     async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
         await self._redis.set(self.prefix + key, value, px=None if ttl_s is None else _ms(ttl_s))
+
+    async def gcra(
+        self, key: str, now: float, increment_s: float, burst_s: float, *, charge: bool, force: bool = False
+    ) -> float:
+        args = [
+            repr(now),
+            repr(increment_s),
+            repr(burst_s),
+            repr(GCRA_EPS),
+            "1" if charge else "0",
+            "1" if force else "0",
+        ]
+        return float(_text(await self._gcra(keys=[self.prefix + key], args=args)) or 0.0)
 
     async def ping(self) -> bool:
         """Whether Redis answers (for /readyz)."""
@@ -276,6 +340,11 @@ class FallbackStore:
 
     async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
         await self._run(lambda s: s.set_str(key, value, ttl_s))
+
+    async def gcra(
+        self, key: str, now: float, increment_s: float, burst_s: float, *, charge: bool, force: bool = False
+    ) -> float:
+        return await self._run(lambda s: s.gcra(key, now, increment_s, burst_s, charge=charge, force=force))
 
     async def aclose(self) -> None:
         await self.primary.aclose()

@@ -32,15 +32,14 @@ from datetime import UTC, datetime
 
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
-from gateway.state import MemoryStore, StateStore
+from gateway.state import GCRA_EPS, MemoryStore, StateStore
 from gateway.types import Clock, Headers
 
 __all__ = ["TenantState", "Tenants"]
 
 _DAY_S = 86_400.0
 _MINUTE_S = 60.0
-_EPS = 1e-6  # float slack at exact edges: N intervals of 60/N seconds may sum to 60.000000000000014
-_CAS_ATTEMPTS = 16
+_EPS = GCRA_EPS
 _WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="inference-gateway"')]
 
 
@@ -227,27 +226,10 @@ class Tenants:
 
         `force` charges even when they do not fit (usage already happened); the debt delays later requests.
         """
-        interval = _MINUTE_S / per_minute
         if not force:
             cost = min(cost, per_minute)  # more than the whole allowance: passes only with a full bucket
-        for _ in range(_CAS_ATTEMPTS):
-            now = self._clock()
-            raw = await self._store.get_str(key)
-            try:
-                tat = max(now, float(raw)) if raw is not None else now
-            except ValueError:
-                tat = now
-            new_tat = tat + cost * interval
-            allow_at = new_tat - _MINUTE_S
-            if not force and allow_at > now + _EPS:
-                return allow_at - now
-            if not charge:
-                return 0.0
-            # The key lives until the bucket is full again; then absence means the same as its value.
-            if await self._store.compare_and_set(key, raw, repr(new_tat), new_tat - now + 1.0):
-                return 0.0
-        # Lost the race every time: others are charging this tenant right now. Make this one wait.
-        return 1.0
+        increment = cost * (_MINUTE_S / per_minute)
+        return await self._store.gcra(key, self._clock(), increment, _MINUTE_S, charge=charge, force=force)
 
     def __repr__(self) -> str:
         if not self.enabled:

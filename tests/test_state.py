@@ -112,6 +112,29 @@ async def test_set_and_get_strings(subject: Subject) -> None:
     assert await store.get_str("p") == "kept"
 
 
+async def test_gcra_charges_what_fits_and_says_how_long_the_rest_waits(subject: Subject) -> None:
+    store = subject.store
+    now = 5000.0
+    for _ in range(3):  # a burst of 3 x 20 s fits a 60 s allowance
+        assert await store.gcra("r", now, 20.0, 60.0, charge=True) == 0.0
+    assert await store.gcra("r", now, 20.0, 60.0, charge=True) == pytest.approx(20.0)  # refused: not charged
+    assert await store.gcra("r", now + 5, 20.0, 60.0, charge=True) == pytest.approx(15.0)
+    assert await store.gcra("r", now + 20, 20.0, 60.0, charge=False) == 0.0  # fits, but only asked
+    assert await store.gcra("r", now + 20, 20.0, 60.0, charge=True) == 0.0
+    assert await store.gcra("r", now + 20, 20.0, 60.0, charge=True) == pytest.approx(20.0)
+    assert await store.gcra("r", now + 20, 100.0, 60.0, charge=True, force=True) == 0.0  # usage already spent
+    assert await store.gcra("r", now + 20, 1.0, 60.0, charge=False) == pytest.approx(101.0)
+    assert await store.gcra("s", now, 0.1, 60.0, charge=True) == 0.0
+    await subject.wait(1.3)  # the key lives until the allowance is full again, plus 1 s: here 1.1 s
+    assert await store.get("s") is None
+
+
+async def test_concurrent_gcra_steps_are_atomic(subject: Subject) -> None:
+    store = subject.store
+    waits = await asyncio.gather(*(store.gcra("g", 100.0, 1.0, 10.0, charge=True) for _ in range(30)))
+    assert sum(1 for wait in waits if wait == 0.0) == 10
+
+
 async def test_concurrent_increments_are_atomic(subject: Subject) -> None:
     store = subject.store
     await asyncio.gather(*(store.incr("c", 1, ttl_s=60) for _ in range(50)))

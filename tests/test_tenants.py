@@ -258,20 +258,6 @@ async def test_unlimited_tenant(store: StateStore, clock: FakeClock) -> None:
     assert repr(a) == "<TenantState 'team-a'>"
 
 
-class LosingStore(MemoryStore):
-    """Every compare-and-set loses, as if other replicas always got there first."""
-
-    async def compare_and_set(self, key: str, expected: str | None, new: str, ttl_s: float | None) -> bool:
-        return False
-
-
-async def test_lost_races_make_the_request_wait(clock: FakeClock) -> None:
-    tenants, a = make(LosingStore(clock=clock), clock, requests_per_minute=100)
-    with pytest.raises(TooManyRequests) as exc:
-        await tenants.admit(a, 0)
-    assert retry_after(exc) == 1
-
-
 async def test_unreadable_rate_state_counts_as_a_full_bucket(clock: FakeClock) -> None:
     store = MemoryStore(clock=clock)
     tenants, a = make(store, clock, requests_per_minute=1)
