@@ -45,7 +45,6 @@ FIELDS = (
     "upstream_ms",
     "ttft_ms",
     "stream",
-    "cache",
     "canary",
     "cost_usd",
     "cost_estimated",
@@ -75,7 +74,7 @@ class AccessLog:
         self._wake_at = max(1, max_queue // 2)
         self._interval = flush_interval_s
         self._logger = logger
-        self._queue: deque[Mapping[str, Any]] = deque()
+        self._queue: deque[bytes] = deque()  # serialized lines
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -108,7 +107,13 @@ class AccessLog:
         if len(queue) >= self._max_queue:
             self.dropped += 1
             return False
-        queue.append(entry)
+        try:  # now, while the entry is still in the CPU's cache: later costs several times more
+            line = _line(entry)
+        except Exception as exc:  # an unserializable value: drop the entry
+            self.failed += 1
+            log.error("cannot serialize an access-log entry: %s", exc)
+            return False
+        queue.append(line)
         if len(queue) == self._wake_at:
             self._wake.set()
         return True
@@ -160,15 +165,8 @@ class AccessLog:
 
     def _drain(self, limit: int = 4096) -> list[bytes]:
         queue = self._queue
-        lines: list[bytes] = []
-        while queue and len(lines) < limit:
-            entry = queue.popleft()
-            try:
-                lines.append(_line(entry))
-            except Exception as exc:  # an unserializable value: drop the entry, not the batch
-                self.failed += 1
-                log.error("cannot serialize an access-log entry: %s", exc)
-        return lines
+        count = min(len(queue), limit)
+        return [queue.popleft() for _ in range(count)]
 
     def _write(self, lines: list[bytes]) -> None:
         """Runs in a worker thread."""
@@ -190,5 +188,8 @@ class AccessLog:
 
 
 def _line(entry: Mapping[str, Any]) -> bytes:
-    """The entry's `FIELDS`, in that order, as one JSON object; any other key is left out."""
-    return orjson.dumps({key: entry[key] for key in FIELDS if key in entry}, default=str)
+    """The entry's `FIELDS`, in that order, as one JSON object; any other key is left out. An entry
+    that already has exactly `FIELDS` in order (the gateway's own) is written as it is."""
+    if tuple(entry) != FIELDS:
+        entry = {key: entry[key] for key in FIELDS if key in entry}
+    return orjson.dumps(entry, default=str)

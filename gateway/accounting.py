@@ -204,9 +204,10 @@ class Accounting:
         )
         if self._access_log is not None and self._access_log.sampled():
             self._access_log.record(
-                {
+                {  # in FIELDS order: the access log then writes it as it is
                     "time": time.time(),
                     "request_id": ctx.request_id,
+                    "trace_id": ctx.trace.trace_id_hex,
                     "method": ctx.method,
                     "path": ctx.path,
                     "route": route or None,
@@ -214,19 +215,18 @@ class Accounting:
                     "status": status,
                     "attempts": len(ctx.attempts),
                     "fallback_reason": ctx.fallback_reason,
+                    "error_type": error_type,
                     "duration_ms": round(total_s * 1000, 3),
                     "upstream_ms": round(upstream_s * 1000, 3) if upstream_s is not None else None,
                     "ttft_ms": round(ttft_s * 1000, 3) if ttft_s is not None else None,
+                    "stream": state is not None,
+                    "canary": canary,
                     "cost_usd": cost,
                     "cost_estimated": usage.estimated if usage else None,
                     "input_tokens": usage.input_tokens if usage else None,
                     "output_tokens": usage.output_tokens if usage else None,
                     "tenant": tenant,
                     "client_ip": ctx.client_ip,
-                    "trace_id": ctx.trace.trace_id_hex,
-                    "error_type": error_type,
-                    "stream": state is not None,
-                    "canary": canary,
                 },
                 drawn=True,
             )
