@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Generator
@@ -87,6 +88,10 @@ async def serve(config: GatewayConfig, path: Path | None, ready: asyncio.Event |
         tasks.spawn(holder.watch(), name="config-watch"),
         tasks.spawn(shared.analyzer.run(), name="canary-analysis"),
     ]
+    # Everything built so far (modules, config, pipeline) lives as long as the process: keep it out
+    # of the cyclic GC's scans, which otherwise walk it on every full collection under load.
+    gc.collect()
+    gc.freeze()
     try:
         servers = asyncio.gather(data.serve(), admin.serve())
         while not (data.started and admin.started):

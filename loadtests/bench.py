@@ -24,6 +24,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -356,7 +357,7 @@ def _signals_ignored() -> Iterator[None]:
 class Target:
     kind: str  # "direct", "bare" or "gateway"
     client: str | None
-    features: str = ""  # gateway only: "" (routing and fallback), "contracts", or "full" (see FEATURES)
+    features: str = ""  # gateway only: "" (routing and fallback), one of PARTS, or "full" (all of them)
 
     @property
     def label(self) -> str:
@@ -369,6 +370,8 @@ class Target:
 # a rate limit, prices, latency sketches, metrics, traces sampled at 10% to a real OTLP receiver, the
 # access log to a file, an SLO.
 FEATURES = ("contracts", "full")
+# Each of "full"'s parts alone on the plain gateway (--ablate), to see what each one costs.
+PARTS = ("contracts", "price", "slo", "tenant", "traces", "access_log")
 
 
 @dataclass
@@ -408,18 +411,21 @@ def gateway_config(upstream: str, client: str, directory: Path, features: str = 
         "telemetry": {"access_log": {"sample_ratio": 0.0}},
         "routes": [route],
     }
-    if features in ("contracts", "full"):
+    parts = set(PARTS) if features == "full" else {features}
+    if "contracts" in parts:
         route["contract"] = {"request": "openai.chat", "response": "openai.chat"}
-    if features == "full":
+    if "price" in parts:
         route["backends"][0]["price"] = {"input_per_1k_tokens": 0.0005, "output_per_1k_tokens": 0.0015}
+    if "slo" in parts:
         route["slo"] = {"p99_ms": 500, "error_rate": 0.01}
+    if "tenant" in parts:
         config["tenants"] = [
             {"name": "bench", "api_keys": ["bench-key"], "rate_limit": {"requests_per_minute": 100_000_000}}
         ]
-        config["telemetry"] = {
-            "traces": {"exporter": "otlp", "endpoint": otlp, "sample_ratio": 0.1},
-            "access_log": {"sample_ratio": 1.0, "path": str(directory / "access.jsonl")},
-        }
+    if "traces" in parts:
+        config["telemetry"]["traces"] = {"exporter": "otlp", "endpoint": otlp, "sample_ratio": 0.1}
+    if "access_log" in parts:
+        config["telemetry"]["access_log"] = {"sample_ratio": 1.0, "path": str(directory / "access.jsonl")}
     path = directory / f"gateway-{client}{'-' + features if features else ''}.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path
@@ -558,6 +564,19 @@ def disturbance(m: Measurement) -> float:
     """Share of a core taken by work outside the benchmark during a run."""
     unaccounted = 0.0 if math.isnan(m.unaccounted_cpu) else m.unaccounted_cpu
     return sum(m.foreign_cpu.values()) + max(0.0, unaccounted - IRQ_ALLOWANCE)
+
+
+def medians(runs: list[Measurement]) -> list[Measurement]:
+    """Per target and connection count, the run with the median req/s (the lower one of an even count):
+    with --rounds, the targets take turns, so slow drift of the machine hits them all alike."""
+    groups: dict[tuple[str, int], list[Measurement]] = {}
+    for m in runs:
+        groups.setdefault((m.target, m.connections), []).append(m)
+    chosen = []
+    for group in groups.values():
+        middle = statistics.median_low(m.rps for m in group)
+        chosen.append(next(m for m in group if m.rps == middle))
+    return chosen
 
 
 def add_ratios(measurements: list[Measurement]) -> None:
@@ -714,6 +733,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", default="direct,bare,gateway", help="comma-separated kinds of target to run (default: all three)"
     )
+    parser.add_argument(
+        "--ablate", action="store_true", help="also run the gateway with each part of the full variant alone"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every target N times, taking turns, and report the median run (default: 1)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default: 1, it has one core)")
     parser.add_argument("--proxy-cpu", type=int, default=0, help="core for the proxy under test (default: 0)")
     parser.add_argument("--load-cpu", type=int, default=1, help="core for wrk and the upstream (default: 1)")
@@ -765,6 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets += [Target("gateway", c) for c in gateway_clients if "gateway" in kinds]
     if args.features and "gateway" in kinds:
         targets += [Target("gateway", GATEWAY_CLIENT, f) for f in FEATURES]
+    if args.ablate and "gateway" in kinds:
+        targets += [Target("gateway", GATEWAY_CLIENT, f) for f in PARTS if not (args.features and f in FEATURES)]
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = args.output or RESULTS / f"bench-{stamp}.json"
@@ -792,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         services = Services(work)
         if plan.profile_dir is not None:
             plan.profile_dir.mkdir(parents=True, exist_ok=True)
-        measurements: list[Measurement] = []
+        runs: list[Measurement] = []
         failures: dict[str, str] = {}
         profiles: dict[str, Any] = {}
         interrupted = False
@@ -803,12 +833,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 load_cpu,
             )
             preflight(upstream.url, "direct")
-            for target in targets:
-                try:
-                    run_target(plan, target, services, upstream, work, measurements, profiles)
-                except BenchError as exc:
-                    failures[target.label] = str(exc)
-                    print(f"  {target.label}: FAILED: {exc}", file=sys.stderr, flush=True)
+            for round_no in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"round {round_no + 1} of {args.rounds}", flush=True)
+                for target in targets:
+                    if target.label in failures:
+                        continue
+                    try:
+                        run_target(plan, target, services, upstream, work, runs, profiles if round_no == 0 else {})
+                    except BenchError as exc:
+                        failures[target.label] = str(exc)
+                        print(f"  {target.label}: FAILED: {exc}", file=sys.stderr, flush=True)
         except KeyboardInterrupt as exc:
             interrupted = True
             print(f"\ninterrupted ({exc or 'SIGINT'}): stopping, partial results follow", file=sys.stderr)
@@ -819,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _signals_ignored():  # a second Ctrl-C must not leave servers behind
                 services.stop_all()
 
+    measurements = medians(runs)
     add_ratios(measurements)
     result = verdict(measurements)
     if measurements:
@@ -850,6 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interrupted": interrupted,
         "failures": failures,
         "results": [asdict(m) for m in measurements],
+        "runs": [asdict(m) for m in runs] if args.rounds > 1 else [],
         "profiles": profiles,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -879,7 +916,7 @@ def run_target(
         argv += ["--port", "0"]
     else:
         otlp = None
-        if target.features == "full":
+        if target.features in ("full", "traces"):
             receiver = services.start(
                 "otlp-receiver", [PYTHON, "-m", "tests.otlp_receiver", "--port", "0"], plan.load.cpu
             )

@@ -48,9 +48,16 @@ def raw_request(gateway: Gateway, payload: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_forwarding_and_header_rules(demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory) -> None:
+# The forwarding, streaming and failure tests run with both production clients (upstream.client).
+CLIENTS = pytest.mark.parametrize("client", ["h1", "aiohttp"])
+
+
+@CLIENTS
+def test_forwarding_and_header_rules(
+    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory, client: str
+) -> None:
     v1, v2 = demos
-    gateway = gateway_factory(two_routes(v1, v2))
+    gateway = gateway_factory(two_routes(v1, v2, upstream={"client": client}))
     response = httpx.post(
         f"{gateway.url}/echo/some/path?q=1&r=%20",
         content=b'{"x": 1}',
@@ -90,12 +97,13 @@ def test_model_is_rewritten_per_backend(demos: tuple[DemoServer, DemoServer], ga
     assert response.json()["model"] == "rewritten"
 
 
+@CLIENTS
 def test_stream_is_passed_on_chunk_by_chunk(
-    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory
+    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory, client: str
 ) -> None:
     v1, v2 = demos
     v1.control(mode="ok", interval_ms=150)
-    gateway = gateway_factory(two_routes(v1, v2))
+    gateway = gateway_factory(two_routes(v1, v2, upstream={"client": client}))
     started = time.monotonic()
     arrivals: list[float] = []
     with httpx.stream(
@@ -138,11 +146,12 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return problem
 
 
+@CLIENTS
 def test_every_error_status_is_problem_json(
-    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory
+    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory, client: str
 ) -> None:
     v1, v2 = demos
-    gateway = gateway_factory(two_routes(v1, v2, listen={"max_body_bytes": 4096}))
+    gateway = gateway_factory(two_routes(v1, v2, listen={"max_body_bytes": 4096}, upstream={"client": client}))
     url = gateway.url
     assert_problem(httpx.post(f"{url}/echo", content=b"{", headers={"content-type": "application/json"}), 400)
     assert_problem(httpx.get(f"{url}/nowhere"), 404)
@@ -172,12 +181,13 @@ def test_ambiguous_requests_are_rejected(demos: tuple[DemoServer, DemoServer], g
     assert b"application/problem+json" in answer
 
 
+@CLIENTS
 def test_stream_cut_mid_body_ends_with_an_error_event(
-    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory
+    demos: tuple[DemoServer, DemoServer], gateway_factory: GatewayFactory, client: str
 ) -> None:
     v1, v2 = demos
     v1.control(mode="cut", after_events=3, count=1)
-    gateway = gateway_factory(two_routes(v1, v2))
+    gateway = gateway_factory(two_routes(v1, v2, upstream={"client": client}))
     with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json={**CHAT, "stream": True}) as response:
         assert response.status_code == 200
         lines = [line for line in response.iter_lines() if line]
