@@ -402,6 +402,10 @@ class Measurement:
     wrk_output: str = field(default="", repr=False)
 
 
+def parts_of(features: str) -> set[str]:
+    return set(PARTS) if features == "full" else {features}
+
+
 def gateway_config(upstream: str, client: str, directory: Path, features: str = "", otlp: str | None = None) -> Path:
     route: dict[str, Any] = {"name": "chat", "match": {"path": PATH}, "backends": [{"name": "v1", "url": upstream}]}
     config: dict[str, Any] = {
@@ -411,7 +415,7 @@ def gateway_config(upstream: str, client: str, directory: Path, features: str = 
         "telemetry": {"access_log": {"sample_ratio": 0.0}},
         "routes": [route],
     }
-    parts = set(PARTS) if features == "full" else {features}
+    parts = parts_of(features)
     if "contracts" in parts:
         route["contract"] = {"request": "openai.chat", "response": "openai.chat"}
     if "price" in parts:
@@ -916,7 +920,7 @@ def run_target(
         argv += ["--port", "0"]
     else:
         otlp = None
-        if target.features in ("full", "traces"):
+        if "traces" in parts_of(target.features):
             receiver = services.start(
                 "otlp-receiver", [PYTHON, "-m", "tests.otlp_receiver", "--port", "0"], plan.load.cpu
             )

@@ -27,7 +27,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
 FAST = AttemptTimeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0)
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Script"], Awaitable[None]]  # one per connection
 
 
 @dataclass
@@ -54,7 +54,7 @@ async def read_request(reader: asyncio.StreamReader, script: Script) -> bytes:
 
 @contextlib.asynccontextmanager
 async def scripted(
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Script], Awaitable[None]],
+    handler: Handler,
 ) -> AsyncIterator[Script]:
     script = Script(url="")
 
@@ -81,6 +81,19 @@ async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         await read_request(reader, script)
         writer.write(OK)
         await writer.drain()
+
+
+def answer_once(raw: bytes) -> Handler:
+    """A server that reads one request, writes `raw` (b"": nothing) and holds the connection open."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
+        await read_request(reader, script)
+        if raw:
+            writer.write(raw)
+            await writer.drain()
+        await reader.read()
+
+    return handler
 
 
 @pytest.fixture
@@ -220,26 +233,14 @@ async def test_chunked_bodies_stream_as_they_arrive(client: H1Client) -> None:
 
 
 async def test_head_answers_end_at_their_headers(client: H1Client) -> None:
-    async def head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
-        await read_request(reader, script)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-
-    async with scripted(head) as server:
+    async with scripted(answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")) as server:
         assert await exchange(client, post(server.url + "/", body=b"", method="HEAD")) == (200, b"")
         assert await exchange(client, post(server.url + "/", body=b"", method="HEAD")) == (200, b"")
     assert server.connections == 2  # never reused: the parser would wait for those 1000 bytes
 
 
 async def test_interim_answers_are_skipped(client: H1Client) -> None:
-    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
-        await read_request(reader, script)
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + OK)
-        await writer.drain()
-        await reader.read()
-
-    async with scripted(early_hints) as server:
+    async with scripted(answer_once(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + OK)) as server:
         response = await client.send(post(server.url + "/"), FAST)
         assert response.status == 200
         assert [k for k, _ in response.headers] == [b"Content-Type", b"Content-Length"]
@@ -283,11 +284,7 @@ async def test_refused_connections_fail_the_attempt(client: H1Client) -> None:
 
 
 async def test_no_headers_within_first_byte_s_times_out(client: H1Client) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
-        await read_request(reader, script)
-        await reader.read()
-
-    async with scripted(silent) as server:
+    async with scripted(answer_once(b"")) as server:
         timeouts = AttemptTimeouts(connect_s=1.0, first_byte_s=0.1, idle_s=1.0)
         with pytest.raises(UpstreamTimeout, match=r"no response headers within 0.1s"):
             await client.send(post(server.url + "/"), timeouts)
@@ -327,24 +324,14 @@ async def test_silence_mid_body_times_out_and_a_break_is_reported(client: H1Clie
     ],
 )
 async def test_malformed_answers_and_upgrades_fail_the_attempt(client: H1Client, answer: bytes, error: str) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
-        await read_request(reader, script)
-        writer.write(answer)
-        await writer.drain()
-        await reader.read()
-
-    async with scripted(garbage) as server:
+    async with scripted(answer_once(answer)) as server:
         with pytest.raises(UpstreamConnectError, match=error):
             await client.send(post(server.url + "/"), FAST)
     assert client.open == 0
 
 
 async def test_cancelling_an_attempt_drops_its_connection(client: H1Client) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
-        await read_request(reader, script)
-        await reader.read()
-
-    async with scripted(silent) as server, asyncio.TaskGroup() as tasks:
+    async with scripted(answer_once(b"")) as server, asyncio.TaskGroup() as tasks:
         task = tasks.create_task(client.send(post(server.url + "/"), FAST))
         await asyncio.sleep(0.05)
         task.cancel()
@@ -355,13 +342,7 @@ async def test_cancelling_an_attempt_drops_its_connection(client: H1Client) -> N
 
 
 async def test_closing_a_response_early_drops_its_connection(client: H1Client) -> None:
-    async def long_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
-        await read_request(reader, script)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst")
-        await writer.drain()
-        await reader.read()
-
-    async with scripted(long_body) as server:
+    async with scripted(answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst")) as server:
         response = await client.send(post(server.url + "/"), FAST)
         await response.aclose()
         await response.aclose()  # idempotent

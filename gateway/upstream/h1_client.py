@@ -83,7 +83,6 @@ class H1Response:
         "_complete",
         "_error",
         "_waiter",
-        "_timer",
     )
 
     def __init__(self, conn: _Connection, backend: str, idle_s: float) -> None:
@@ -97,7 +96,6 @@ class H1Response:
         self._complete = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     # --- fed by the connection -------------------------------------------------------------
 
@@ -142,9 +140,8 @@ class H1Response:
         body = self._body
         data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
-        if self._buffered > HIGH_WATER:
-            self._conn.resume()
         self._buffered = 0
+        self._conn.resume()  # a no-op unless _feed paused it
         return data
 
     async def chunks(self) -> AsyncIterator[bytes]:
