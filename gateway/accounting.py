@@ -189,19 +189,20 @@ class Accounting:
         canary = reply.backend.stable is False if reply is not None and reply.backend is not None else None
         if state is not None and state.error is not None:
             error_type = "stream_interrupted"
-        ctx.trace.end(
-            status,
-            backend=backend,
-            attempts=len(ctx.attempts),
-            fallback_reason=ctx.fallback_reason,
-            cost_usd=cost,
-            cost_estimated=usage.estimated if usage else None,
-            input_tokens=usage.input_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            canary=canary,
-            tenant=tenant,
-            error_type=error_type,
-        )
+        if ctx.trace.recording:  # most requests are not sampled: skip the call and its arguments
+            ctx.trace.end(
+                status,
+                backend=backend,
+                attempts=len(ctx.attempts),
+                fallback_reason=ctx.fallback_reason,
+                cost_usd=cost,
+                cost_estimated=usage.estimated if usage else None,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                canary=canary,
+                tenant=tenant,
+                error_type=error_type,
+            )
         if self._access_log is not None and self._access_log.sampled():
             self._access_log.record(
                 {  # in FIELDS order: the access log then writes it as it is

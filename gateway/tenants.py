@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -115,8 +115,10 @@ class Tenants:
         # guess's SHA-256 relates to a stored digest, which says nothing about the key (no constant-time
         # comparison needed).
         self._by_digest: dict[bytes, TenantState] = {}
+        self._rate_keys: dict[str, tuple[str, str]] = {}  # name -> its store keys: requests, tokens
         for state, keys in tenants or ():
             self._by_name[state.name] = state
+            self._rate_keys[state.name] = (f"{prefix}{state.name}:requests", f"{prefix}{state.name}:tokens")
             for key in keys:
                 self._by_digest[_digest(key.encode())] = state
 
@@ -168,8 +170,8 @@ class Tenants:
         Checks the budget, then the token rate, then takes a request slot: the only charge here,
         made last so that a refusal by the others costs the tenant nothing.
         """
+        now = self._clock()
         if tenant.usd_per_day is not None:
-            now = self._clock()
             spent = await self._store.get(self._budget_key(tenant, now)) or 0.0
             if spent >= tenant.usd_per_day:
                 raise TooManyRequests(
@@ -177,17 +179,16 @@ class Tenants:
                     "it renews at 00:00 UTC",
                     headers=_retry_after(_DAY_S - now % _DAY_S),
                 )
+        keys = self._keys_of(tenant)
         if tenant.tokens_per_minute is not None and estimated_tokens > 0:
-            wait = await self._gcra(
-                self._key(tenant, "tokens"), tenant.tokens_per_minute, estimated_tokens, charge=False
-            )
+            wait = await self._gcra(keys[1], now, tenant.tokens_per_minute, estimated_tokens, charge=False)
             if wait > 0:
                 raise TooManyRequests(
                     f"tenant {tenant.name!r} is over its limit of {tenant.tokens_per_minute} tokens per minute",
                     headers=_retry_after(wait),
                 )
         if tenant.requests_per_minute is not None:
-            wait = await self._gcra(self._key(tenant, "requests"), tenant.requests_per_minute, 1, charge=True)
+            wait = await self._gcra(keys[0], now, tenant.requests_per_minute, 1, charge=True)
             if wait > 0:
                 raise TooManyRequests(
                     f"tenant {tenant.name!r} is over its limit of {tenant.requests_per_minute} requests per minute",
@@ -196,10 +197,11 @@ class Tenants:
 
     async def settle(self, tenant: TenantState, tokens: int, cost_usd: float) -> None:
         """After the response: charge the tokens used to the token rate and the cost to today's budget."""
+        now = self._clock()
         if tenant.tokens_per_minute is not None and tokens > 0:
-            await self._gcra(self._key(tenant, "tokens"), tenant.tokens_per_minute, tokens, charge=True, force=True)
+            key = self._keys_of(tenant)[1]
+            await self._gcra(key, now, tenant.tokens_per_minute, tokens, charge=True, force=True)
         if tenant.usd_per_day is not None and cost_usd > 0:
-            now = self._clock()
             # Expires an hour after its day ends: late settles of that day's requests still find it.
             await self._store.incr(self._budget_key(tenant, now), cost_usd, _DAY_S - now % _DAY_S + 3600)
 
@@ -214,22 +216,27 @@ class Tenants:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _key(self, tenant: TenantState, what: str) -> str:
-        return f"{self._prefix}{tenant.name}:{what}"
+    def _keys_of(self, tenant: TenantState) -> tuple[str, str]:
+        """The store keys of the tenant's request and token rates."""
+        keys = self._rate_keys.get(tenant.name)
+        if keys is None:  # a tenant this config does not know: one a reload removed, still in flight
+            keys = (f"{self._prefix}{tenant.name}:requests", f"{self._prefix}{tenant.name}:tokens")
+        return keys
 
     def _budget_key(self, tenant: TenantState, now: float) -> str:
         day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
         return f"{self._prefix}{tenant.name}:spent:{day}"
 
-    async def _gcra(self, key: str, per_minute: int, cost: int, *, charge: bool, force: bool = False) -> float:
+    def _gcra(
+        self, key: str, now: float, per_minute: int, cost: int, *, charge: bool, force: bool = False
+    ) -> Awaitable[float]:
         """Seconds until `cost` units fit under `per_minute` (0.0: they fit, and were charged if `charge`).
 
         `force` charges even when they do not fit (usage already happened); the debt delays later requests.
         """
         if not force:
             cost = min(cost, per_minute)  # more than the whole allowance: passes only with a full bucket
-        increment = cost * (_MINUTE_S / per_minute)
-        return await self._store.gcra(key, self._clock(), increment, _MINUTE_S, charge=charge, force=force)
+        return self._store.gcra(key, now, cost * (_MINUTE_S / per_minute), _MINUTE_S, charge=charge, force=force)
 
     def __repr__(self) -> str:
         if not self.enabled:

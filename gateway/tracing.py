@@ -90,6 +90,7 @@ ExporterKind = Literal["otlp", "console", "none"]
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 CONTENT_LIMIT = 8192  # characters of a prompt or an output kept in a span event
+_MAX_CACHED_URLS = 1024  # CLIENT span attributes kept by request line (emptied when full)
 _SAMPLED = 0x01
 _RANDOM = 0x02  # W3C Trace Context level 2 "random-trace-id": our trace ids are random
 _ID_MASK = (1 << 64) - 1
@@ -199,6 +200,7 @@ class Tracing:
         self.endpoint: str | None = None
         self.service_name = ""
         self._processor: BatchSpanProcessor | None = None
+        self._client_attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
         if _sdk_disabled(env) or (exporter is None and kind == "none"):
             return
         if exporter is None:
@@ -270,6 +272,17 @@ class Tracing:
         request = _SampledRequest(self, span, state, name, path)
         _current.set(request)
         return request
+
+    def client_attributes(self, method: str, url: str) -> dict[str, AttributeValue]:
+        """A CLIENT span's HTTP attributes for this request line (a fresh dict): worked out once per
+        distinct method and URL, as a backend's URLs repeat."""
+        key = (method, url)
+        cached = self._client_attributes.get(key)
+        if cached is None:
+            if len(self._client_attributes) >= _MAX_CACHED_URLS:
+                self._client_attributes.clear()
+            cached = self._client_attributes[key] = _client_attributes(method, url)
+        return dict(cached)
 
     def decision(self, name: str, route: str, attributes: Attributes) -> None:
         """A decision taken outside any request (a canary rollback or promotion, a drift alert): one
@@ -479,7 +492,7 @@ class _SampledRequest(RequestSpan):
         model: str | None = None,
         hedge: bool = False,
     ) -> AttemptSpan:
-        attributes = _client_attributes(method, url)
+        attributes = self._tracing.client_attributes(method, url)
         attributes["gateway.backend"] = backend
         attributes["gateway.attempt"] = attempt_no
         attributes["gateway.canary"] = canary

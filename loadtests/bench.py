@@ -357,7 +357,7 @@ def _signals_ignored() -> Iterator[None]:
 class Target:
     kind: str  # "direct", "bare" or "gateway"
     client: str | None
-    features: str = ""  # gateway only: "" (routing and fallback), one of PARTS, or "full" (all of them)
+    features: str = ""  # gateway only: "" (routing and fallback), one of PARTS or of FEATURES
 
     @property
     def label(self) -> str:
@@ -365,11 +365,13 @@ class Target:
         return f"{label} +{self.features}" if self.features else label
 
 
-# What the gateway variants switch on, for the issues' overhead targets: contracts (at most 10% below
-# the plain gateway) and everything an operator would run with (at most 15%): contracts, a tenant with
-# a rate limit, prices, latency sketches, metrics, traces sampled at 10% to a real OTLP receiver, the
-# access log to a file, an SLO.
-FEATURES = ("contracts", "full")
+# What the gateway variants switch on, for the issues' overhead targets (the plain gateway already keeps
+# latency sketches and metrics): contracts (issue 3: at most 10% below the plain gateway); observability
+# (issue 5: at most 15%): a tenant with a rate limit, prices, an SLO, traces sampled at 10% to a real
+# OTLP receiver and every request in the access log, written to a file; and "full", both together,
+# measured for reference.
+FEATURES = ("contracts", "observability", "full")
+BUDGETS = {"contracts": 0.10, "observability": 0.15}
 # Each of "full"'s parts alone on the plain gateway (--ablate), to see what each one costs.
 PARTS = ("contracts", "price", "slo", "tenant", "traces", "access_log")
 
@@ -403,7 +405,9 @@ class Measurement:
 
 
 def parts_of(features: str) -> set[str]:
-    return set(PARTS) if features == "full" else {features}
+    if features == "full":
+        return set(PARTS)
+    return set(PARTS) - {"contracts"} if features == "observability" else {features}
 
 
 def gateway_config(upstream: str, client: str, directory: Path, features: str = "", otlp: str | None = None) -> Path:
@@ -642,11 +646,13 @@ def verdict(measurements: list[Measurement]) -> dict[str, Any]:
     throughput_met = gateway.rps >= TARGET_RPS and gateway.errors == 0
     ratio_met = gateway.vs_bare is not None and gateway.vs_bare >= TARGET_RATIO and gateway.errors == 0
     overhead = {}
-    for features, budget in (("contracts", 0.10), ("full", 0.15)):
+    for features in FEATURES:
         variant = at_target(Target("gateway", GATEWAY_CLIENT, features).label)
         if variant is not None and gateway.rps:
             loss = 1 - variant.rps / gateway.rps
-            overhead[features] = {"rps": variant.rps, "loss": loss, "budget": budget, "met": loss <= budget}
+            budget = BUDGETS.get(features)
+            met = loss <= budget if budget is not None else None
+            overhead[features] = {"rps": variant.rps, "loss": loss, "budget": budget, "met": met}
     return {
         "evaluated": True,
         "connections": TARGET_CONNECTIONS,
@@ -675,7 +681,7 @@ def describe_verdict(v: dict[str, Any]) -> str:
         + f" -> {mark(v['vs_bare']['met'])}"
         + "".join(
             f"\nOverhead of +{name}: {o['rps']:,.0f} req/s, {o['loss']:.0%} below the plain gateway "
-            f"(budget {o['budget']:.0%}) -> {mark(o['met'])}"
+            + (f"(budget {o['budget']:.0%}) -> {mark(o['met'])}" if o["budget"] is not None else "(for reference)")
             for name, o in v.get("overhead", {}).items()
         )
     )

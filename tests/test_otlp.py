@@ -107,3 +107,20 @@ def test_a_batch_groups_by_resource_and_scope_as_the_sdk_does() -> None:
 def test_values_the_protocol_cannot_carry_are_refused() -> None:
     with pytest.raises(TypeError, match="attribute value of type object"):
         encode_spans([span(1, attributes={"odd": object()})])
+
+
+def test_long_and_non_ascii_values_get_multi_byte_lengths() -> None:
+    spans = [
+        span(1, attributes={"prompt": "héllo wörld " * 40, "n": 300, "ü": "ß"}, events=(Event("é" * 200, None, 1),))
+    ]
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
+
+
+def test_repeated_and_high_cardinality_attributes_encode_the_same_every_time() -> None:
+    # Values are cached by key and value; past the cache's size it starts over, with the same output.
+    spans = [
+        span(i + 1, attributes={"route": "chat", "tokens": i, "canary": i % 2 == 0, "id": f"r{i}"}) for i in range(5000)
+    ]
+    first = encode_spans(spans)
+    assert encode_spans(spans) == first
+    assert ExportTraceServiceRequest.FromString(first) == sdk_encode_spans(spans)

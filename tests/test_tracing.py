@@ -442,6 +442,24 @@ def test_non_llm_routes_and_odd_methods() -> None:
     assert "gen_ai.operation.name" not in client.attributes
 
 
+def test_attempts_on_one_url_get_their_own_attributes() -> None:
+    # CLIENT attributes are worked out once per URL; each span still gets its own copy.
+    tracing, exporter = memory_tracing()
+    request = start(tracing)
+    url = "http://127.0.0.1:9001" + CHAT
+    request.attempt("v1", "POST", url, 1).end(502)
+    request.attempt("v1", "POST", url, 2, hedge=True).end(200)
+    request.end(200)
+    clients = sorted(
+        (s for s in finish(tracing, exporter) if s.kind.name == "CLIENT"), key=lambda s: s.attributes["gateway.attempt"]
+    )
+    assert len(clients) == 2
+    first, second = clients
+    assert first.attributes["url.full"] == second.attributes["url.full"] == url
+    assert first.attributes["http.response.status_code"] == 502 and "gateway.hedge" not in first.attributes
+    assert second.attributes["http.request.resend_count"] == 1 and second.attributes["gateway.hedge"] is True
+
+
 def test_current_is_the_running_sampled_request() -> None:
     tracing, exporter = memory_tracing()
     assert not tracing.current().recording
