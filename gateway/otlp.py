@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
@@ -32,6 +32,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, TraceFlags
+from opentelemetry.util.types import Attributes
 
 log = logging.getLogger("gateway")
 
@@ -50,31 +52,88 @@ _PAIRS: dict[tuple[str, type, Any], bytes] = {}
 _MAX_PAIRS = 4096
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """The serialized `ExportTraceServiceRequest` for these spans, grouped by resource and scope."""
+class SpanFields(Protocol):
+    """What a span must show to be encoded: a `ReadableSpan`, or the gateway's own span records."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def context(self) -> SpanContext | None: ...
+    @property
+    def parent(self) -> SpanContext | None: ...
+    @property
+    def kind(self) -> SpanKind: ...
+    @property
+    def start_time(self) -> int | None: ...
+    @property
+    def end_time(self) -> int | None: ...
+    @property
+    def attributes(self) -> Attributes: ...
+    @property
+    def dropped_attributes(self) -> int: ...
+    @property
+    def events(self) -> Sequence[Any]: ...  # sdk.trace.Event: name, attributes, timestamp
+    @property
+    def dropped_events(self) -> int: ...
+    @property
+    def links(self) -> Sequence[Any]: ...  # trace.Link: context, attributes
+    @property
+    def dropped_links(self) -> int: ...
+    @property
+    def status(self) -> Status: ...
+
+
+class EncodedSpan(bytes):
+    """A finished span already in wire form (a `Span` message), as the gateway hands it to the SDK's
+    batch span processor: bytes are not tracked by the cyclic GC while they wait in its queue, and
+    export only frames them. `context` is all the processor reads (it must say sampled). The
+    resource and scope are the exporter's (`FastOTLPSpanExporter(resource=..., scope=...)`)."""
+
+    __slots__ = ()
+    context = SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
+
+
+def encode_span(span: SpanFields) -> EncodedSpan:
+    return EncodedSpan(_span(span))
+
+
+def encode_spans(
+    spans: Sequence[ReadableSpan | EncodedSpan],
+    resource: Resource | None = None,
+    scope: InstrumentationScope | None = None,
+) -> bytes:
+    """The serialized `ExportTraceServiceRequest` for these spans, grouped by resource and scope.
+    `EncodedSpan`s belong to `resource` and `scope`; `ReadableSpan`s name their own."""
     groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
+
+    def group(owner: Resource | None, library: InstrumentationScope | None) -> list[bytes]:
+        if owner is None:
+            raise ValueError("encoded spans need the resource they belong to")
+        by_scope = groups.get(id(owner))
+        if by_scope is None:
+            by_scope = groups[id(owner)] = (owner, {})
+        found = by_scope[1].get(id(library))
+        if found is None:
+            found = by_scope[1][id(library)] = (library, [])
+        return found[1]
+
     for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope
-        scopes = groups.get(id(resource))
-        if scopes is None:
-            scopes = groups[id(resource)] = (resource, {})
-        group = scopes[1].get(id(scope))
-        if group is None:
-            group = scopes[1][id(scope)] = (scope, [])
-        group[1].append(_span(span))
+        if isinstance(span, EncodedSpan):
+            group(resource, scope).append(span)
+        else:
+            group(span.resource, span.instrumentation_scope).append(_span(span))
     parts: list[bytes] = []
-    for resource, by_scope in groups.values():
-        body = [b"\x0a", _prefixed(_attributes(b"\x0a", resource.attributes))]  # ResourceSpans.resource
-        for scope, encoded in by_scope.values():
-            scope_spans = [b"\x0a", _prefixed(_scope(scope))]  # ScopeSpans.scope
+    for owner, by_scope in groups.values():
+        body = [b"\x0a", _prefixed(_attributes(b"\x0a", owner.attributes))]  # ResourceSpans.resource
+        for library, encoded in by_scope.values():
+            scope_spans = [b"\x0a", _prefixed(_scope(library))]  # ScopeSpans.scope
             for span_body in encoded:
                 scope_spans += (b"\x12", _prefixed(span_body))  # ScopeSpans.spans
-            if scope is not None and scope.schema_url:
-                scope_spans += (b"\x1a", _prefixed(scope.schema_url.encode()))
+            if library is not None and library.schema_url:
+                scope_spans += (b"\x1a", _prefixed(library.schema_url.encode()))
             body += (b"\x12", _prefixed(b"".join(scope_spans)))  # ResourceSpans.scope_spans
-        if resource.schema_url:
-            body += (b"\x1a", _prefixed(resource.schema_url.encode()))
+        if owner.schema_url:
+            body += (b"\x1a", _prefixed(owner.schema_url.encode()))
         parts += (b"\x0a", _prefixed(b"".join(body)))  # ExportTraceServiceRequest.resource_spans
     return b"".join(parts)
 
@@ -90,7 +149,7 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return b"".join(parts)
 
 
-def _span(span: ReadableSpan) -> bytes:
+def _span(span: SpanFields) -> bytes:
     """A `Span` message's body, its fields in field-number order as protobuf runtimes write them."""
     context = span.context
     assert context is not None
@@ -218,16 +277,28 @@ def _varint(n: int) -> bytes:
 
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter, encoding with `encode_spans` above."""
+    """The SDK's OTLP/HTTP span exporter, encoding with `encode_spans` above. `EncodedSpan`s it is
+    given belong to `resource` and `scope`."""
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)
-        if getattr(self, "_shutdown", True) or not callable(getattr(client, "export", None)):
-            return super().export(spans)
+    def __init__(
+        self, *, resource: Resource | None = None, scope: InstrumentationScope | None = None, **settings: Any
+    ) -> None:
+        super().__init__(**settings)
+        self.resource = resource
+        self.scope = scope
+
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether it can send `EncodedSpan`s: it found the SDK exporter's HTTP client to send bytes with."""
+        return callable(getattr(getattr(self, "_client", None), "export", None))
+
+    def export(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> SpanExportResult:
+        if getattr(self, "_shutdown", True) or not self.takes_encoded:
+            return super().export(spans)  # type: ignore[arg-type]  # only ReadableSpans come this way
         try:
-            data = encode_spans(spans)
+            data = encode_spans(spans, self.resource, self.scope)
         except Exception as exc:  # a span the encoder cannot write: drop the batch, keep the exporter
             log.error("could not encode %d spans for export: %s", len(spans), exc)
             return SpanExportResult.FAILURE
-        result = client.export(data)  # type: ignore[union-attr]
+        result = self._client.export(data)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE

@@ -200,19 +200,20 @@ class Tracing:
         self.endpoint: str | None = None
         self.service_name = ""
         self._processor: BatchSpanProcessor | None = None
+        self._encode: Callable[[_Span], object] | None = None  # spans leave in wire form (OTLP only)
         self._client_attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
         if _sdk_disabled(env) or (exporter is None and kind == "none"):
             return
+        self._resource = _resource(config, env, service_version)
+        self._scope = InstrumentationScope("gateway", service_version)
         if exporter is None:
             if kind == "otlp":
-                exporter, self.endpoint = _otlp_exporter(config, env)
+                exporter, self.endpoint, self._encode = _otlp_exporter(config, env, self._resource, self._scope)
             else:
                 exporter = ConsoleSpanExporter()
         else:
             self.kind = "custom"
         self.enabled = True
-        self._resource = _resource(config, env, service_version)
-        self._scope = InstrumentationScope("gateway", service_version)
         self._processor = BatchSpanProcessor(exporter)
         self.service_name = str(self._resource.attributes.get(SERVICE_NAME, ""))
 
@@ -295,10 +296,15 @@ class Tracing:
         span.add_event(f"gateway.{name}", attributes)
         span.end()
 
-    def _export(self, span: ReadableSpan) -> None:
+    def _export(self, span: _Span) -> None:
         processor = self._processor
-        if processor is not None:
-            processor.on_end(span)
+        if processor is None:
+            return
+        encode = self._encode
+        if encode is None:
+            processor.on_end(span.readable(self._resource, self._scope))
+        else:  # an EncodedSpan: the processor reads only its (sampled) context
+            processor.on_end(encode(span))  # type: ignore[arg-type]
 
     def current(self) -> RequestSpan:
         """The sampled request span of the running task (for events raised far from the request, such as a
@@ -710,10 +716,26 @@ class _SampledAttempt(AttemptSpan):
 
 class _Span:
     """A sampled span while it is open: plain values, no locks and no attribute checks (the gateway
-    sets every attribute itself), then one `ReadableSpan` handed to the SDK's batch processor. The SDK's
-    own live spans cost ~25 us each here; this costs a few."""
+    sets every attribute itself). When it ends it goes to the SDK's batch processor, in OTLP wire form
+    when the exporter takes that (`gateway.otlp.EncodedSpan`), else as a `ReadableSpan`. The SDK's own
+    live spans cost ~25 us each here; this costs a few. Its fields are named as `ReadableSpan`'s, which
+    the encoder reads."""
 
-    __slots__ = ("_tracing", "attributes", "context", "events", "kind", "name", "parent", "start_ns")
+    __slots__ = (
+        "_tracing",
+        "attributes",
+        "context",
+        "end_time",
+        "events",
+        "kind",
+        "name",
+        "parent",
+        "start_time",
+        "status",
+    )
+
+    links: tuple[()] = ()
+    dropped_attributes = dropped_events = dropped_links = 0
 
     def __init__(
         self,
@@ -730,30 +752,34 @@ class _Span:
         self.context = context
         self.parent = parent
         self.attributes = attributes
-        self.events: list[Event] | None = None
-        self.start_ns = time.time_ns()
+        self.events: list[Event] | tuple[()] = ()  # most spans have none: no list for them
+        self.status = _UNSET
+        self.start_time = time.time_ns()
+        self.end_time: int | None = None
 
     def add_event(self, name: str, attributes: Attributes | None = None) -> None:
-        if self.events is None:
-            self.events = []
-        self.events.append(Event(name, attributes, time.time_ns()))
+        self.events = [*self.events, Event(name, attributes, time.time_ns())]
 
     def end(self, failed: bool = False) -> None:
-        tracing = self._tracing
-        span = ReadableSpan(
+        self.end_time = time.time_ns()
+        if failed:
+            self.status = _ERROR
+        self._tracing._export(self)
+
+    def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+        return ReadableSpan(
             name=self.name,
             context=self.context,
             parent=self.parent,
-            resource=tracing._resource,
+            resource=resource,
             attributes=self.attributes,
-            events=self.events or (),
+            events=self.events,
             kind=self.kind,
-            instrumentation_scope=tracing._scope,
-            status=_ERROR if failed else _UNSET,
-            start_time=self.start_ns,
-            end_time=time.time_ns(),
+            instrumentation_scope=scope,
+            status=self.status,
+            start_time=self.start_time,
+            end_time=self.end_time,
         )
-        tracing._export(span)
 
 
 NO_SPAN = RequestSpan(0, 0, 0, None, None)  # a no-op span, also for answers given before any span starts
@@ -812,8 +838,11 @@ def _sampling(config: Telemetry, env: Mapping[str, str]) -> _Sampling:
     return _Sampling(fixed, parent_based)
 
 
-def _otlp_exporter(config: Telemetry, env: Mapping[str, str]) -> tuple[SpanExporter, str]:
-    from gateway.otlp import FastOTLPSpanExporter
+def _otlp_exporter(
+    config: Telemetry, env: Mapping[str, str], resource: Resource, scope: InstrumentationScope
+) -> tuple[SpanExporter, str, Callable[[_Span], object] | None]:
+    """The exporter, its endpoint, and the span encoder when it takes spans already encoded."""
+    from gateway.otlp import FastOTLPSpanExporter, encode_span
 
     traces = config.traces
     if "endpoint" in traces.model_fields_set:
@@ -822,8 +851,8 @@ def _otlp_exporter(config: Telemetry, env: Mapping[str, str]) -> tuple[SpanExpor
         endpoint = None  # the exporter reads the variables itself (the signal-specific one is used as is)
     else:
         endpoint = _traces_url(traces.endpoint)
-    exporter = FastOTLPSpanExporter(endpoint=endpoint)
-    return exporter, str(getattr(exporter, "_endpoint", endpoint))
+    exporter = FastOTLPSpanExporter(endpoint=endpoint, resource=resource, scope=scope)
+    return exporter, str(getattr(exporter, "_endpoint", endpoint)), encode_span if exporter.takes_encoded else None
 
 
 def _traces_url(endpoint: str) -> str:

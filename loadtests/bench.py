@@ -401,6 +401,7 @@ class Measurement:
     vs_direct: float | None = None
     vs_bare: float | None = None  # against the bare proxy with the baseline client (aiohttp)
     vs_bare_same_client: float | None = None
+    round: int = 0  # with --rounds, which turn this run was taken in (0-based)
     wrk_output: str = field(default="", repr=False)
 
 
@@ -633,8 +634,10 @@ def table(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def verdict(measurements: list[Measurement]) -> dict[str, Any]:
-    """The issue's two targets, for the gateway with its default client at 64 connections."""
+def verdict(measurements: list[Measurement], runs: list[Measurement] | None = None) -> dict[str, Any]:
+    """The issue's two targets, for the gateway with its default client at 64 connections, and the
+    features' overheads: with --rounds, the median of each round's variant/plain ratio (the two ran
+    seconds apart, so the machine's speed, which drifts by 10-20% over minutes on a shared VM, cancels)."""
 
     def at_target(label: str) -> Measurement | None:
         return next((m for m in measurements if m.target == label and m.connections == TARGET_CONNECTIONS), None)
@@ -646,13 +649,21 @@ def verdict(measurements: list[Measurement]) -> dict[str, Any]:
     throughput_met = gateway.rps >= TARGET_RPS and gateway.errors == 0
     ratio_met = gateway.vs_bare is not None and gateway.vs_bare >= TARGET_RATIO and gateway.errors == 0
     overhead = {}
-    for features in FEATURES:
-        variant = at_target(Target("gateway", GATEWAY_CLIENT, features).label)
-        if variant is not None and gateway.rps:
-            loss = 1 - variant.rps / gateway.rps
-            budget = BUDGETS.get(features)
-            met = loss <= budget if budget is not None else None
-            overhead[features] = {"rps": variant.rps, "loss": loss, "budget": budget, "met": met}
+    for features in dict.fromkeys(FEATURES + PARTS):
+        label = Target("gateway", GATEWAY_CLIENT, features).label
+        variant = at_target(label)
+        if variant is None or not gateway.rps:
+            continue
+        ratios = _paired_ratios(runs or [], plain.label, label)
+        loss = 1 - (statistics.median(ratios) if ratios else variant.rps / gateway.rps)
+        budget = BUDGETS.get(features)
+        overhead[features] = {
+            "rps": variant.rps,
+            "loss": loss,
+            "round_losses": sorted(1 - r for r in ratios),
+            "budget": budget,
+            "met": loss <= budget if budget is not None else None,
+        }
     return {
         "evaluated": True,
         "connections": TARGET_CONNECTIONS,
@@ -662,6 +673,13 @@ def verdict(measurements: list[Measurement]) -> dict[str, Any]:
         "vs_bare": {"target_ratio": TARGET_RATIO, "ratio": gateway.vs_bare, "met": ratio_met},
         "overhead": overhead,
     }
+
+
+def _paired_ratios(runs: list[Measurement], plain: str, variant: str) -> list[float]:
+    """Per round, the variant's req/s over the plain gateway's, at the target connection count."""
+    at = [m for m in runs if m.connections == TARGET_CONNECTIONS and m.rps]
+    plain_by_round = {m.round: m.rps for m in at if m.target == plain}
+    return [m.rps / plain_by_round[m.round] for m in at if m.target == variant and m.round in plain_by_round]
 
 
 def describe_verdict(v: dict[str, Any]) -> str:
@@ -680,8 +698,13 @@ def describe_verdict(v: dict[str, Any]) -> str:
         + (f"{ratio:.0%}" if ratio is not None else "no bare proxy run")
         + f" -> {mark(v['vs_bare']['met'])}"
         + "".join(
-            f"\nOverhead of +{name}: {o['rps']:,.0f} req/s, {o['loss']:.0%} below the plain gateway "
-            + (f"(budget {o['budget']:.0%}) -> {mark(o['met'])}" if o["budget"] is not None else "(for reference)")
+            f"\nOverhead of +{name}: {o['rps']:,.0f} req/s, {o['loss']:.1%} below the plain gateway"
+            + (
+                f" (median of {len(o['round_losses'])} rounds: {', '.join(f'{x:.0%}' for x in o['round_losses'])})"
+                if len(o["round_losses"]) > 1
+                else ""
+            )
+            + (f", budget {o['budget']:.0%} -> {mark(o['met'])}" if o["budget"] is not None else "")
             for name, o in v.get("overhead", {}).items()
         )
     )
@@ -737,8 +760,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--features",
-        action="store_true",
-        help="also run the gateway with contracts on, and with every feature on (the overhead targets)",
+        nargs="?",
+        const=",".join(FEATURES),
+        default="",
+        metavar="LIST",
+        help=f"also run the gateway with features on, for the overhead targets: {', '.join(FEATURES)} "
+        f"(default: these three), or any of their parts: {', '.join(PARTS)}",
     )
     parser.add_argument(
         "--only", default="direct,bare,gateway", help="comma-separated kinds of target to run (default: all three)"
@@ -801,10 +828,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets += [Target("bare", c) for c in clients if "bare" in kinds]
     gateway_clients = clients if args.clients else [GATEWAY_CLIENT]
     targets += [Target("gateway", c) for c in gateway_clients if "gateway" in kinds]
-    if args.features and "gateway" in kinds:
-        targets += [Target("gateway", GATEWAY_CLIENT, f) for f in FEATURES]
+    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    if not set(features) <= {*FEATURES, *PARTS}:
+        print(
+            f"error: --features takes {', '.join(dict.fromkeys(FEATURES + PARTS))}, not {args.features!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if "gateway" in kinds:
+        targets += [Target("gateway", GATEWAY_CLIENT, f) for f in features]
     if args.ablate and "gateway" in kinds:
-        targets += [Target("gateway", GATEWAY_CLIENT, f) for f in PARTS if not (args.features and f in FEATURES)]
+        targets += [Target("gateway", GATEWAY_CLIENT, f) for f in PARTS if f not in features]
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = args.output or RESULTS / f"bench-{stamp}.json"
@@ -849,11 +883,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for target in targets:
                     if target.label in failures:
                         continue
+                    taken = len(runs)
                     try:
                         run_target(plan, target, services, upstream, work, runs, profiles if round_no == 0 else {})
                     except BenchError as exc:
                         failures[target.label] = str(exc)
                         print(f"  {target.label}: FAILED: {exc}", file=sys.stderr, flush=True)
+                    for m in runs[taken:]:
+                        m.round = round_no
         except KeyboardInterrupt as exc:
             interrupted = True
             print(f"\ninterrupted ({exc or 'SIGINT'}): stopping, partial results follow", file=sys.stderr)
@@ -866,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     measurements = medians(runs)
     add_ratios(measurements)
-    result = verdict(measurements)
+    result = verdict(measurements, runs)
     if measurements:
         print()
         print(table(measurements))
