@@ -186,7 +186,8 @@ class Accounting:
         )
         if route and self._watch is not None:
             self._watch.record(ctx, reply, status, now)
-        canary = reply.backend.stable is False if reply is not None and reply.backend is not None else None
+        # The canary is any backend but the one serving as stable (the first, when none is marked).
+        canary = reply.backend is not ctx.route.stable if reply is not None and reply.backend is not None else None
         if state is not None and state.error is not None:
             error_type = "stream_interrupted"
         if ctx.trace.recording:  # most requests are not sampled: skip the call and its arguments

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.context import Reply, RequestContext
-from gateway.cost import estimate_usage
+from gateway.cost import estimate_input_tokens
 from gateway.tenants import Tenants
 from gateway.types import Next
 
@@ -22,6 +22,6 @@ class Admission:
             if tenant.tokens_per_minute is not None:  # the estimate is only needed against a token rate
                 document = ctx.document
                 max_tokens = document.get("max_tokens") if isinstance(document, dict) else None
-                expected = estimate_usage(document, 0).input_tokens + (max_tokens if isinstance(max_tokens, int) else 0)
+                expected = estimate_input_tokens(document) + (max_tokens if isinstance(max_tokens, int) else 0)
             await self._tenants.admit(tenant, expected)
         return await call_next(ctx)

@@ -28,6 +28,7 @@ __all__ = [
     "CostLedger",
     "Usage",
     "cost_usd",
+    "estimate_input_tokens",
     "estimate_usage",
     "usage_from_chunk",
     "usage_from_response",
@@ -107,26 +108,34 @@ def _text_chars(value: object, depth: int = 0) -> int:
                 total += _text_chars(item, depth + 1)
         return total
     if isinstance(value, dict):
-        return sum(_text_chars(value[k], depth + 1) for k in ("content", "text") if k in value)
+        total = 0
+        for key in ("content", "text"):
+            part = value.get(key)
+            if part is not None:
+                total += _text_chars(part, depth + 1)
+        return total
     return 0
 
 
 def estimate_usage(request_doc: object, output_text_chars: int) -> Usage:
-    """Usage estimated at ~4 characters a token, from the request's prompt text and the output length.
-
-    Prompt text is chat `messages[*].content` (strings or text parts), completions `prompt` and
-    embeddings / Responses `input`; other JSON bodies count as no input tokens.
-    """
-    input_chars = 0
-    if isinstance(request_doc, dict):
-        for key in ("messages", "prompt", "input"):
-            if key in request_doc:
-                input_chars += _text_chars(request_doc[key])
+    """Usage estimated at ~4 characters a token, from the request's prompt text and the output length."""
     return Usage(
-        input_tokens=math.ceil(input_chars / CHARS_PER_TOKEN),
+        input_tokens=estimate_input_tokens(request_doc),
         output_tokens=math.ceil(max(0, output_text_chars) / CHARS_PER_TOKEN),
         estimated=True,
     )
+
+
+def estimate_input_tokens(request_doc: object) -> int:
+    """Prompt tokens at ~4 characters a token. Prompt text is chat `messages[*].content` (strings or
+    text parts), completions `prompt` and embeddings / Responses `input`; other JSON bodies count as none."""
+    input_chars = 0
+    if isinstance(request_doc, dict):
+        for key in ("messages", "prompt", "input"):
+            value = request_doc.get(key)
+            if value is not None:
+                input_chars += _text_chars(value)
+    return math.ceil(input_chars / CHARS_PER_TOKEN)
 
 
 def cost_usd(price: Price | None, usage: Usage | None, upstream_s: float) -> float:

@@ -94,7 +94,7 @@ class Forwarder:
             raise UpstreamTimeout(f"request deadline of {limits.request_s:g}s passed", backend=backend.name)
         url = self._url(ctx, backend)
         span = ctx.trace.attempt(
-            backend.name, ctx.method, url, len(ctx.attempts), not backend.stable, backend.model, attempt.hedge
+            backend.name, ctx.method, url, len(ctx.attempts), backend is not route.stable, backend.model, attempt.hedge
         )
         request = UpstreamRequest(
             backend=backend.name,

@@ -116,6 +116,7 @@ class Tenants:
         # comparison needed).
         self._by_digest: dict[bytes, TenantState] = {}
         self._rate_keys: dict[str, tuple[str, str]] = {}  # name -> its store keys: requests, tokens
+        self._budget_keys: dict[str, tuple[int, str]] = {}  # name -> (UTC day number, today's spend key)
         for state, keys in tenants or ():
             self._by_name[state.name] = state
             self._rate_keys[state.name] = (f"{prefix}{state.name}:requests", f"{prefix}{state.name}:tokens")
@@ -224,8 +225,14 @@ class Tenants:
         return keys
 
     def _budget_key(self, tenant: TenantState, now: float) -> str:
-        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
-        return f"{self._prefix}{tenant.name}:spent:{day}"
+        day = int(now // _DAY_S)
+        cached = self._budget_keys.get(tenant.name)
+        if cached is not None and cached[0] == day:
+            return cached[1]
+        date = datetime.fromtimestamp(day * _DAY_S, UTC).strftime("%Y-%m-%d")
+        key = f"{self._prefix}{tenant.name}:spent:{date}"
+        self._budget_keys[tenant.name] = (day, key)
+        return key
 
     def _gcra(
         self, key: str, now: float, per_minute: int, cost: int, *, charge: bool, force: bool = False

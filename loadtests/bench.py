@@ -367,9 +367,9 @@ class Target:
 
 # What the gateway variants switch on, for the issues' overhead targets (the plain gateway already keeps
 # latency sketches and metrics): contracts (issue 3: at most 10% below the plain gateway); observability
-# (issue 5: at most 15%): a tenant with a rate limit, prices, an SLO, traces sampled at 10% to a real
-# OTLP receiver and every request in the access log, written to a file; and "full", both together,
-# measured for reference.
+# (issue 5: at most 15%): a tenant with request and token rate limits and a daily budget, prices, an
+# SLO, traces sampled at 10% to a real OTLP receiver and every request in the access log, written to a
+# file; and "full", both together, measured for reference.
 FEATURES = ("contracts", "observability", "full")
 BUDGETS = {"contracts": 0.10, "observability": 0.15}
 # Each of "full"'s parts alone on the plain gateway (--ablate), to see what each one costs.
@@ -428,8 +428,13 @@ def gateway_config(upstream: str, client: str, directory: Path, features: str = 
     if "slo" in parts:
         route["slo"] = {"p99_ms": 500, "error_rate": 0.01}
     if "tenant" in parts:
-        config["tenants"] = [
-            {"name": "bench", "api_keys": ["bench-key"], "rate_limit": {"requests_per_minute": 100_000_000}}
+        config["tenants"] = [  # every limit on, none of them reached
+            {
+                "name": "bench",
+                "api_keys": ["bench-key"],
+                "rate_limit": {"requests_per_minute": 100_000_000, "tokens_per_minute": 1_000_000_000},
+                "budget": {"usd_per_day": 1_000_000},
+            }
         ]
     if "traces" in parts:
         config["telemetry"]["traces"] = {"exporter": "otlp", "endpoint": otlp, "sample_ratio": 0.1}
@@ -637,7 +642,8 @@ def table(measurements: list[Measurement]) -> str:
 def verdict(measurements: list[Measurement], runs: list[Measurement] | None = None) -> dict[str, Any]:
     """The issue's two targets, for the gateway with its default client at 64 connections, and the
     features' overheads: with --rounds, the median of each round's variant/plain ratio (the two ran
-    seconds apart, so the machine's speed, which drifts by 10-20% over minutes on a shared VM, cancels)."""
+    seconds apart, so the machine's speed, which drifts by 10-20% over minutes on a shared VM, mostly
+    cancels; --paired runs the plain gateway again before each variant to keep them closer still)."""
 
     def at_target(label: str) -> Measurement | None:
         return next((m for m in measurements if m.target == label and m.connections == TARGET_CONNECTIONS), None)
@@ -676,10 +682,18 @@ def verdict(measurements: list[Measurement], runs: list[Measurement] | None = No
 
 
 def _paired_ratios(runs: list[Measurement], plain: str, variant: str) -> list[float]:
-    """Per round, the variant's req/s over the plain gateway's, at the target connection count."""
-    at = [m for m in runs if m.connections == TARGET_CONNECTIONS and m.rps]
-    plain_by_round = {m.round: m.rps for m in at if m.target == plain}
-    return [m.rps / plain_by_round[m.round] for m in at if m.target == variant and m.round in plain_by_round]
+    """Each run of the variant's req/s over the plain gateway's run just before it in the same round, at
+    the target connection count (with --paired, that is the run right before it)."""
+    ratios = []
+    last: Measurement | None = None
+    for m in runs:
+        if m.connections != TARGET_CONNECTIONS or not m.rps:
+            continue
+        if m.target == plain:
+            last = m
+        elif m.target == variant and last is not None and last.round == m.round:
+            ratios.append(m.rps / last.rps)
+    return ratios
 
 
 def describe_verdict(v: dict[str, Any]) -> str:
@@ -779,6 +793,11 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="measure every target N times, taking turns, and report the median run (default: 1)",
     )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="run the plain gateway again right before each feature variant, for overheads measured seconds apart",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default: 1, it has one core)")
     parser.add_argument("--proxy-cpu", type=int, default=0, help="core for the proxy under test (default: 0)")
     parser.add_argument("--load-cpu", type=int, default=1, help="core for wrk and the upstream (default: 1)")
@@ -839,6 +858,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets += [Target("gateway", GATEWAY_CLIENT, f) for f in features]
     if args.ablate and "gateway" in kinds:
         targets += [Target("gateway", GATEWAY_CLIENT, f) for f in PARTS if f not in features]
+    if args.paired:
+        plain = Target("gateway", GATEWAY_CLIENT)
+        targets = [t for target in targets for t in ([plain, target] if target.features else [target])]
+        targets = [t for i, t in enumerate(targets) if not (t == plain and i > 0 and targets[i - 1] == plain)]
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = args.output or RESULTS / f"bench-{stamp}.json"
