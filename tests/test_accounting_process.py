@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.procs import DemoServer, Gateway
@@ -135,6 +138,35 @@ def test_tenants_keys_rate_limits_and_budgets(demos: Demos, gateway_factory: Gat
     assert all("key-" not in str(r["headers"]) for r in v2.stats()["requests"])
     stats = httpx.get(f"{gateway.admin_url}/admin/stats").json()["tenants"]
     assert stats["team-b"]["spent_today_usd"] >= 0.5
+
+
+def test_the_access_log_has_one_line_per_request(demos: Demos, gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    v1, _ = demos
+    path = tmp_path / "logs" / "access.jsonl"
+    route = {"name": "chat", "match": {"path": "/v1/chat/completions"}, "backends": [
+        {"name": "v1", "url": v1.url, "price": TOKEN_PRICE}
+    ]}  # fmt: skip
+    tenants = [{"name": "team-a", "api_keys": ["key-secret-a"]}]
+    config = {"telemetry": {"access_log": {"path": str(path)}}, "tenants": tenants, "routes": [route]}
+    gateway = gateway_factory(config)
+    url = f"{gateway.url}/v1/chat/completions"
+    answered = [httpx.post(url, json=CHAT, headers={"authorization": "Bearer key-secret-a"}) for _ in range(3)]
+    refused = httpx.post(url, json=CHAT)
+    assert [r.status_code for r in answered] == [200, 200, 200] and refused.status_code == 401
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (not path.exists() or len(path.read_text().splitlines()) < 4):
+        time.sleep(0.05)  # written in the background, every 0.2 s
+    lines = path.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [e["request_id"] for e in entries] == [r.headers["x-request-id"] for r in [*answered, refused]]
+    first = entries[0]
+    assert (first["route"], first["backend"], first["status"], first["tenant"]) == ("chat", "v1", 200, "team-a")
+    assert first["canary"] is False  # the route's only backend serves as its stable one
+    assert first["cost_usd"] == pytest.approx(float(answered[0].headers["x-gateway-cost-usd"]), abs=1e-8)
+    assert first["cost_usd"] > 0
+    assert first["input_tokens"] > 0 and first["duration_ms"] >= first["upstream_ms"] > 0
+    assert (entries[3]["status"], entries[3]["backend"], entries[3]["tenant"]) == (401, None, None)
+    assert "key-secret" not in path.read_text()
 
 
 def test_hedge_wins_and_the_loser_is_cancelled(demos: Demos, gateway_factory: GatewayFactory) -> None:
