@@ -11,11 +11,12 @@ events.
 Cost. The sampling decision (parent-based, trace-id ratio: the SDK's `ParentBased(TraceIdRatioBased)`
 rule) is taken here, so an unsampled request costs a header scan, two random numbers and one small
 object; it still gets a trace context to return to the client and to send upstream (flags `00`).
-Only sampled requests build attributes. They record into plain slotted objects (`_Span`) and become
-SDK `ReadableSpan`s when they end: the SDK's live spans (locks, attribute checks, span processors on
-start) cost ~25 us each, several times this. Spans leave through the SDK's `BatchSpanProcessor` and
-its OTLP/HTTP exporter with a faster encoder (`gateway.otlp`): export I/O and encoding happen on the
-processor's worker thread, never on the request path (but on the same core, so both are kept cheap).
+Only sampled requests build attributes. They record into plain slotted objects (`_Span`): the SDK's
+live spans (locks, attribute checks, span processors on start) cost ~25 us each, several times this.
+A span that ends is written in OTLP wire form at once (`gateway.otlp.encode_span`, a few us, repeated
+attributes cached) and queued as bytes in the SDK's `BatchSpanProcessor`, whose worker thread frames a
+batch and sends it with the SDK's OTLP/HTTP exporter; queued bytes are invisible to the cyclic GC.
+With another exporter (console, or a test's in-memory one) spans become SDK `ReadableSpan`s instead.
 
 Nothing sensitive is recorded: no header but `Host` and `User-Agent`, no query string values, no
 credentials in URLs, no contract messages (they can quote the offending value), and no prompt or

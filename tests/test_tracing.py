@@ -231,6 +231,26 @@ def test_spans_reach_an_otlp_receiver_with_links_attributes_and_events(otlp: str
         assert secret not in raw
 
 
+def test_without_the_exporters_http_client_spans_take_the_sdks_own_path(
+    otlp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should a release of the OTLP exporter rename the client the fast path sends with, spans are
+    # handed over as ReadableSpans and the SDK encodes and sends them: slower, the same spans.
+    from gateway.otlp import FastOTLPSpanExporter
+
+    monkeypatch.setattr(FastOTLPSpanExporter, "takes_encoded", property(lambda self: False))
+    tracing = Tracing(telemetry(traces={"exporter": "otlp", "endpoint": otlp}))
+    try:
+        assert tracing._encode is None
+        run_request(tracing)
+        spans = wait_for_spans(otlp, 3)
+    finally:
+        tracing.shutdown()
+    assert sorted(s["kind"] for s in spans) == ["CLIENT", "CLIENT", "SERVER"]
+    (server,) = by_kind(spans, "SERVER")
+    assert server["trace_id"] == TRACE_ID and server["attributes"]["gateway.route"] == "chat"
+
+
 def test_capture_content_puts_prompts_and_outputs_in_events(otlp: str) -> None:
     tracing = Tracing(telemetry(traces={"exporter": "otlp", "endpoint": otlp}, capture_content=True))
     try:
