@@ -52,8 +52,9 @@ _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
 
 # Encoded attributes (`KeyValue`s, length-prefixed) by (key, value type, value) for str, int and bool
-# values. Only the exporter's thread encodes; the dict is emptied when full, so a high-cardinality
-# attribute costs a re-encode, never memory.
+# values. The event loop encodes the gateway's spans, an exporter's thread any `ReadableSpan`s; a race
+# can only encode a pair twice. The dict is emptied when full, so a high-cardinality attribute costs
+# a re-encode, never memory.
 _PAIRS: dict[tuple[str, type, Any], bytes] = {}
 _MAX_PAIRS = 4096
 
