@@ -67,6 +67,17 @@ class TrafficStats:
         return out
 
 
+class _Pending:
+    """A tenant's tokens and spend since the last settlement."""
+
+    __slots__ = ("cost", "tenant", "tokens")
+
+    def __init__(self, tenant: TenantState, tokens: int, cost: float) -> None:
+        self.tenant = tenant
+        self.tokens = tokens
+        self.cost = cost
+
+
 class Accounting:
     """Outermost stage: sees every reply and every failure."""
 
@@ -87,7 +98,7 @@ class Accounting:
     ) -> None:
         self._access_log = access_log
         self._watch = watch
-        self._settlements: dict[str, tuple[TenantState, int, float]] = {}  # across requests, by design
+        self._settlements: dict[str, _Pending] = {}  # across requests, by design
         self._settling = False
         self._latency = latency
         self._ledger = ledger
@@ -206,7 +217,7 @@ class Accounting:
             )
         if self._access_log is not None and self._access_log.sampled():
             self._access_log.record(
-                {  # in FIELDS order: the access log then writes it as it is
+                {  # FIELDS, in order (exact=True)
                     "time": time.time(),
                     "request_id": ctx.request_id,
                     "trace_id": ctx.trace.trace_id_hex,
@@ -218,9 +229,10 @@ class Accounting:
                     "attempts": len(ctx.attempts),
                     "fallback_reason": ctx.fallback_reason,
                     "error_type": error_type,
-                    "duration_ms": round(total_s * 1000, 3),
-                    "upstream_ms": round(upstream_s * 1000, 3) if upstream_s is not None else None,
-                    "ttft_ms": round(ttft_s * 1000, 3) if ttft_s is not None else None,
+                    # Whole microseconds / 1000: as short as round(ms, 3), without its decimal conversions.
+                    "duration_ms": int(total_s * 1e6 + 0.5) / 1000,
+                    "upstream_ms": int(upstream_s * 1e6 + 0.5) / 1000 if upstream_s is not None else None,
+                    "ttft_ms": int(ttft_s * 1e6 + 0.5) / 1000 if ttft_s is not None else None,
                     "stream": state is not None,
                     "canary": canary,
                     "cost_usd": cost,
@@ -231,6 +243,7 @@ class Accounting:
                     "client_ip": ctx.client_ip,
                 },
                 drawn=True,
+                exact=True,
             )
         tenant_state = ctx.tenant
         if tenant_state is not None and backend is not None:
@@ -241,9 +254,10 @@ class Accounting:
         """Tenants' tokens and spend, summed and settled every SETTLE_EVERY_S by one task, not one per request."""
         pending = self._settlements.get(tenant.name)
         if pending is None:
-            self._settlements[tenant.name] = (tenant, tokens, cost)
+            self._settlements[tenant.name] = _Pending(tenant, tokens, cost)
         else:
-            self._settlements[tenant.name] = (tenant, pending[1] + tokens, pending[2] + cost)
+            pending.tokens += tokens
+            pending.cost += cost
         if not self._settling:
             self._settling = True
             self._tasks.spawn(self._settle_pending(), name="tenant-settle")
@@ -252,7 +266,8 @@ class Accounting:
         await asyncio.sleep(SETTLE_EVERY_S)
         pending, self._settlements = self._settlements, {}
         self._settling = False
-        for tenant, tokens, cost in pending.values():
-            await self._tenants.settle(tenant, tokens, cost)
+        for settlement in pending.values():
+            tenant = settlement.tenant
+            await self._tenants.settle(tenant, settlement.tokens, settlement.cost)
             if tenant.usd_per_day is not None:
                 self._metrics.set_budget_remaining(tenant.name, await self._tenants.remaining_budget(tenant))

@@ -18,10 +18,14 @@ class Admission:
         tenant = self._tenants.authenticate(ctx.headers)
         if tenant is not None:
             ctx.tenant = tenant
-            expected = 0
-            if tenant.tokens_per_minute is not None:  # the estimate is only needed against a token rate
-                document = ctx.document
-                max_tokens = document.get("max_tokens") if isinstance(document, dict) else None
-                expected = estimate_input_tokens(document) + (max_tokens if isinstance(max_tokens, int) else 0)
-            await self._tenants.admit(tenant, expected)
+            # The estimate is only needed against a token rate.
+            await self._tenants.admit(tenant, _expected_tokens(ctx.document) if tenant.tokens_per_minute else 0)
         return await call_next(ctx)
+
+
+def _expected_tokens(document: object) -> int:
+    """The prompt's estimated tokens plus the answer's `max_tokens`, when the request sets one."""
+    if not isinstance(document, dict):
+        return 0
+    max_tokens = document.get("max_tokens")
+    return estimate_input_tokens(document) + (max_tokens if isinstance(max_tokens, int) else 0)

@@ -102,19 +102,26 @@ def _text_chars(value: object, depth: int = 0) -> int:
     if isinstance(value, list):
         total = 0
         for item in value:
-            if isinstance(item, int) and not isinstance(item, bool):
+            if isinstance(item, dict):  # a message or a content part: the common case, without a call
+                total += _part_chars(item, depth + 1)
+            elif isinstance(item, int) and not isinstance(item, bool):
                 total += CHARS_PER_TOKEN  # a pre-tokenised prompt: one token per integer
             else:
                 total += _text_chars(item, depth + 1)
         return total
-    if isinstance(value, dict):
-        total = 0
-        for key in ("content", "text"):
-            part = value.get(key)
-            if part is not None:
-                total += _text_chars(part, depth + 1)
-        return total
-    return 0
+    return _part_chars(value, depth) if isinstance(value, dict) else 0
+
+
+def _part_chars(part: dict[str, object], depth: int) -> int:
+    """A message's or a content part's text: its "content" and "text"."""
+    total = 0
+    content = part.get("content")
+    if content is not None:
+        total += len(content) if isinstance(content, str) else _text_chars(content, depth + 1)
+    text = part.get("text")
+    if text is not None:
+        total += len(text) if isinstance(text, str) else _text_chars(text, depth + 1)
+    return total
 
 
 def estimate_usage(request_doc: object, output_text_chars: int) -> Usage:
@@ -129,13 +136,16 @@ def estimate_usage(request_doc: object, output_text_chars: int) -> Usage:
 def estimate_input_tokens(request_doc: object) -> int:
     """Prompt tokens at ~4 characters a token. Prompt text is chat `messages[*].content` (strings or
     text parts), completions `prompt` and embeddings / Responses `input`; other JSON bodies count as none."""
-    input_chars = 0
-    if isinstance(request_doc, dict):
-        for key in ("messages", "prompt", "input"):
-            value = request_doc.get(key)
-            if value is not None:
-                input_chars += _text_chars(value)
-    return math.ceil(input_chars / CHARS_PER_TOKEN)
+    if not isinstance(request_doc, dict):
+        return 0
+    get = request_doc.get
+    messages, prompt, input_ = get("messages"), get("prompt"), get("input")
+    input_chars = _text_chars(messages) if messages is not None else 0
+    if prompt is not None:
+        input_chars += _text_chars(prompt)
+    if input_ is not None:
+        input_chars += _text_chars(input_)
+    return -(-input_chars // CHARS_PER_TOKEN)  # ceil
 
 
 def cost_usd(price: Price | None, usage: Usage | None, upstream_s: float) -> float:

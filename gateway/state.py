@@ -2,9 +2,11 @@
 
 `StateStore` is the small contract both stores keep: counters that expire (`incr` sets the expiry
 when it creates the key, so a window's counter disappears with its window), strings with
-compare-and-set (for state that must change atomically), and GCRA, the rate limiter's one step,
-as a single operation (on Redis one round trip instead of a read and a compare-and-set, and in
-memory no string round trip at all: it runs on every request of a rate-limited tenant).
+compare-and-set (for state that must change atomically), GCRA, the rate limiter's one step, as a
+single operation (on Redis one round trip instead of a read and a compare-and-set, and in memory no
+string round trip at all), and `admit`, all of a request's limits checked at once: a budget ceiling
+and GCRA steps, charged only when every one of them fits (it runs on every request of a limited
+tenant: one round trip, not one per limit).
 Numbers and strings share one key space, as in Redis: keep a key to one kind.
 
 `RedisStore` runs each compound operation as one Lua script, so it is atomic on the server.
@@ -19,17 +21,30 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.types import Clock
 
-__all__ = ["FallbackStore", "MemoryStore", "RedisStore", "StateStore"]
+__all__ = ["FallbackStore", "MemoryStore", "RateStep", "RedisStore", "Refusal", "StateStore"]
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
+
+
+# One GCRA step of an admission: (key, increment_s, charge): `increment_s` of the allowance at `key`,
+# taken only if `charge`. A plain tuple, not a NamedTuple: one is built on every admission.
+RateStep = tuple[str, float, bool]
+
+
+class Refusal(NamedTuple):
+    """Which admission check failed: `check` -1 for the ceiling, else the index of the `RateStep`;
+    `wait_s` until that step would fit (0.0 for the ceiling)."""
+
+    check: int
+    wait_s: float
 
 
 @runtime_checkable
@@ -56,6 +71,16 @@ class StateStore(Protocol):
         Seconds until `increment_s` more fits within a `burst_s` allowance at time `now`; 0.0 when it
         fits, and then it was charged (the TAT moved) if `charge`. `force` charges even when it does
         not fit (usage that already happened). The key expires when the allowance is full again.
+        """
+        ...
+
+    async def admit(
+        self, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...], burst_s: float
+    ) -> Refusal | None:
+        """A request's limits as one atomic operation: refused when the number at `ceiling`'s key has
+        reached its limit, or when a GCRA step (as `gcra`, allowance `burst_s`; each on its own key) does
+        not fit; the first failing check is returned. None: every check passed, and the steps marked
+        `charge` were charged.
         """
         ...
 
@@ -138,23 +163,59 @@ class MemoryStore:
     async def set_str(self, key: str, value: str, ttl_s: float | None) -> None:
         self._put(key, value, ttl_s)
 
+    def _tat(self, key: str, now: float) -> float:
+        """The theoretical arrival time at `key`, never before `now` (a missing or garbled one is `now`)."""
+        stored = self._live(key)
+        if stored is None:
+            return now
+        try:
+            return max(now, float(stored))
+        except ValueError:
+            return now
+
     async def gcra(
         self, key: str, now: float, increment_s: float, burst_s: float, *, charge: bool, force: bool = False
     ) -> float:
-        stored = self._live(key)
-        tat = now
-        if stored is not None:
-            try:
-                tat = max(now, float(stored))
-            except ValueError:
-                pass
-        new_tat = tat + increment_s
+        new_tat = self._tat(key, now) + increment_s
         allow_at = new_tat - burst_s
         if not force and allow_at > now + GCRA_EPS:
             return allow_at - now
         if charge:
             self._put(key, new_tat, new_tat - now + 1.0)
         return 0.0
+
+    async def admit(
+        self, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...], burst_s: float
+    ) -> Refusal | None:
+        # `_live`, `_tat` and `_put` inlined: this runs on every request of a limited tenant.
+        data = self._data
+        clock_now = self._clock()
+        if ceiling is not None:
+            entry = data.get(ceiling[0])
+            if entry is not None and (entry[1] is None or entry[1] > clock_now) and float(entry[0]) >= ceiling[1]:
+                return Refusal(-1, 0.0)
+        charges = []
+        check = 0
+        for key, increment_s, charge in steps:
+            tat = now
+            entry = data.get(key)
+            if entry is not None and (entry[1] is None or entry[1] > clock_now):
+                stored = entry[0]
+                if not isinstance(stored, float):
+                    tat = self._tat(key, now)
+                elif stored > now:
+                    tat = stored
+            allow_at = tat + increment_s - burst_s
+            if allow_at > now + GCRA_EPS:
+                return Refusal(check, allow_at - now)
+            if charge:
+                charges.append((key, tat + increment_s))
+            check += 1
+        for key, new_tat in charges:
+            if key not in data and len(data) >= self.max_keys:
+                self._make_room()
+            data[key] = (new_tat, clock_now + new_tat - now + 1.0)
+        return None
 
     async def aclose(self) -> None:
         self._data.clear()
@@ -206,6 +267,38 @@ end
 return '0'
 """
 
+# KEYS[1] the ceiling's key when ARGV[3] (its limit) is not '', then one TAT per step; ARGV now, eps,
+# limit or '', burst, then per step its increment and charge ('1'/'0'). MemoryStore.admit, line for line.
+# Returns {check, wait}: check -2 when admitted, -1 the ceiling, else the step's 0-based index.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local eps = tonumber(ARGV[2])
+local burst = tonumber(ARGV[4])
+local first = 1
+if ARGV[3] ~= '' then
+  local reached = tonumber(redis.call('GET', KEYS[1]) or '')
+  if reached and reached >= tonumber(ARGV[3]) then return {-1, '0'} end
+  first = 2
+end
+local new_tats = {}
+for i = first, #KEYS do
+  local step = i - first
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '') or now
+  if tat < now then tat = now end
+  local new_tat = tat + tonumber(ARGV[5 + 2 * step])
+  local allow_at = new_tat - burst
+  if allow_at > now + eps then return {step, tostring(allow_at - now)} end
+  new_tats[i] = new_tat
+end
+for i = first, #KEYS do
+  if ARGV[6 + 2 * (i - first)] == '1' then
+    local new_tat = new_tats[i]
+    redis.call('SET', KEYS[i], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now + 1) * 1000))
+  end
+end
+return {-2, '0'}
+"""
+
 
 def _ms(ttl_s: float) -> int:
     return max(1, math.ceil(ttl_s * 1000))
@@ -227,6 +320,7 @@ class RedisStore:
         self._incr = client.register_script(_INCR)
         self._cas = client.register_script(_CAS)
         self._gcra = client.register_script(_GCRA)
+        self._admit = client.register_script(_ADMIT)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "gateway:", timeout_s: float = 1.0) -> RedisStore:
@@ -264,6 +358,23 @@ class RedisStore:
             "1" if force else "0",
         ]
         return float(_text(await self._gcra(keys=[self.prefix + key], args=args)) or 0.0)
+
+    async def admit(
+        self, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...], burst_s: float
+    ) -> Refusal | None:
+        prefix = self.prefix
+        keys = [prefix + ceiling[0]] if ceiling is not None else []
+        args: list[str | float] = [
+            repr(now),
+            repr(GCRA_EPS),
+            repr(ceiling[1]) if ceiling is not None else "",
+            repr(burst_s),
+        ]
+        for key, increment_s, charge in steps:
+            keys.append(prefix + key)
+            args += [repr(increment_s), "1" if charge else "0"]
+        check, wait = await self._admit(keys=keys, args=args)
+        return None if check == -2 else Refusal(int(check), float(_text(wait) or 0.0))
 
     async def ping(self) -> bool:
         """Whether Redis answers (for /readyz)."""
@@ -345,6 +456,11 @@ class FallbackStore:
         self, key: str, now: float, increment_s: float, burst_s: float, *, charge: bool, force: bool = False
     ) -> float:
         return await self._run(lambda s: s.gcra(key, now, increment_s, burst_s, charge=charge, force=force))
+
+    async def admit(
+        self, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...], burst_s: float
+    ) -> Refusal | None:
+        return await self._run(lambda s: s.admit(now, ceiling, steps, burst_s))
 
     async def aclose(self) -> None:
         await self.primary.aclose()

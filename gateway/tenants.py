@@ -26,13 +26,13 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
-from gateway.state import GCRA_EPS, MemoryStore, StateStore
+from gateway.state import GCRA_EPS, MemoryStore, RateStep, Refusal, StateStore
 from gateway.types import Clock, Headers
 
 __all__ = ["TenantState", "Tenants"]
@@ -40,6 +40,7 @@ __all__ = ["TenantState", "Tenants"]
 _DAY_S = 86_400.0
 _MINUTE_S = 60.0
 _EPS = GCRA_EPS
+_KEY_HEADERS = frozenset((b"authorization", b"x-api-key"))
 _WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="inference-gateway"')]
 
 
@@ -81,13 +82,41 @@ def _presented_key(headers: Headers) -> bytes | None:
     bearer: bytes | None = None
     api_key: bytes | None = None
     for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                bearer = token.strip()
-        elif name == b"x-api-key" and value.strip():
-            api_key = value.strip()
+        if name in _KEY_HEADERS:  # one set lookup per header, not two comparisons
+            if name == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                token = token.strip()
+                if token and scheme.lower() == b"bearer":
+                    bearer = token
+            elif value := value.strip():
+                api_key = value
     return bearer if bearer is not None else api_key
+
+
+class _StoreKeys:
+    """A tenant's keys in the store, worked out once: its request and token rates', and today's spend."""
+
+    __slots__ = ("_day_ends", "_day_starts", "_spent", "_spent_prefix", "request_steps", "tokens")
+
+    def __init__(self, prefix: str, tenant: TenantState) -> None:
+        requests = f"{prefix}{tenant.name}:requests"
+        self.tokens = f"{prefix}{tenant.name}:tokens"
+        per_minute = tenant.requests_per_minute
+        # The admission's charge for a request slot: 60/N seconds of the minute.
+        self.request_steps: tuple[RateStep, ...] = (
+            () if per_minute is None else ((requests, _MINUTE_S / per_minute, True),)
+        )
+        self._spent_prefix = f"{prefix}{tenant.name}:spent:"
+        self._day_starts = self._day_ends = 0.0
+        self._spent = ""
+
+    def spent_on(self, now: float) -> str:
+        """The key of the day's spend (UTC): formatting a date costs more than the rest of an admission."""
+        if not self._day_starts <= now < self._day_ends:
+            day = now // _DAY_S
+            self._day_starts, self._day_ends = day * _DAY_S, (day + 1) * _DAY_S
+            self._spent = self._spent_prefix + datetime.fromtimestamp(self._day_starts, UTC).strftime("%Y-%m-%d")
+        return self._spent
 
 
 def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
@@ -115,12 +144,11 @@ class Tenants:
         # guess's SHA-256 relates to a stored digest, which says nothing about the key (no constant-time
         # comparison needed).
         self._by_digest: dict[bytes, TenantState] = {}
-        self._rate_keys: dict[str, tuple[str, str]] = {}  # name -> its store keys: requests, tokens
-        self._budget_keys: dict[str, tuple[int, str]] = {}  # name -> (UTC day number, today's spend key)
-        for state, keys in tenants or ():
+        self._keys: dict[str, _StoreKeys] = {}
+        for state, api_keys in tenants or ():
             self._by_name[state.name] = state
-            self._rate_keys[state.name] = (f"{prefix}{state.name}:requests", f"{prefix}{state.name}:tokens")
-            for key in keys:
+            self._keys[state.name] = _StoreKeys(prefix, state)
+            for key in api_keys:
                 self._by_digest[_digest(key.encode())] = state
 
     @classmethod
@@ -168,46 +196,54 @@ class Tenants:
     async def admit(self, tenant: TenantState, estimated_tokens: int) -> None:
         """Let a request through, or raise TooManyRequests (429) with Retry-After.
 
-        Checks the budget, then the token rate, then takes a request slot: the only charge here,
-        made last so that a refusal by the others costs the tenant nothing.
+        Checks the budget, the token rate and a request slot in one store operation; only the request
+        slot is charged, and only when all three pass, so that a refusal costs the tenant nothing.
         """
         now = self._clock()
-        if tenant.usd_per_day is not None:
-            spent = await self._store.get(self._budget_key(tenant, now)) or 0.0
-            if spent >= tenant.usd_per_day:
-                raise TooManyRequests(
-                    f"tenant {tenant.name!r} spent its daily budget of {tenant.usd_per_day:g} USD; "
-                    "it renews at 00:00 UTC",
-                    headers=_retry_after(_DAY_S - now % _DAY_S),
-                )
-        keys = self._keys_of(tenant)
-        if tenant.tokens_per_minute is not None and estimated_tokens > 0:
-            wait = await self._gcra(keys[1], now, tenant.tokens_per_minute, estimated_tokens, charge=False)
-            if wait > 0:
-                raise TooManyRequests(
-                    f"tenant {tenant.name!r} is over its limit of {tenant.tokens_per_minute} tokens per minute",
-                    headers=_retry_after(wait),
-                )
-        if tenant.requests_per_minute is not None:
-            wait = await self._gcra(keys[0], now, tenant.requests_per_minute, 1, charge=True)
-            if wait > 0:
-                raise TooManyRequests(
-                    f"tenant {tenant.name!r} is over its limit of {tenant.requests_per_minute} requests per minute",
-                    headers=_retry_after(wait),
-                )
+        keys = self._keys.get(tenant.name) or self._keys_of(tenant)
+        steps = keys.request_steps
+        per_minute = tenant.tokens_per_minute
+        if per_minute is not None and estimated_tokens > 0:
+            # More than the whole allowance passes only with a full bucket; the estimate is never charged.
+            tokens: RateStep = (keys.tokens, min(estimated_tokens, per_minute) * _MINUTE_S / per_minute, False)
+            steps = (tokens, *steps)
+        budget = tenant.usd_per_day
+        ceiling = (keys.spent_on(now), budget) if budget is not None else None
+        if ceiling is None and not steps:
+            return
+        refusal = await self._store.admit(now, ceiling, steps, _MINUTE_S)
+        if refusal is not None:
+            raise self._refused(tenant, refusal, steps, now)
+
+    def _refused(
+        self, tenant: TenantState, refusal: Refusal, steps: tuple[RateStep, ...], now: float
+    ) -> TooManyRequests:
+        if refusal.check < 0:
+            return TooManyRequests(
+                f"tenant {tenant.name!r} spent its daily budget of {tenant.usd_per_day:g} USD; it renews at 00:00 UTC",
+                headers=_retry_after(_DAY_S - now % _DAY_S),
+            )
+        if steps[refusal.check][2]:  # charged: the request slot
+            limit = f"{tenant.requests_per_minute} requests per minute"
+        else:
+            limit = f"{tenant.tokens_per_minute} tokens per minute"
+        return TooManyRequests(
+            f"tenant {tenant.name!r} is over its limit of {limit}", headers=_retry_after(refusal.wait_s)
+        )
 
     async def settle(self, tenant: TenantState, tokens: int, cost_usd: float) -> None:
         """After the response: charge the tokens used to the token rate and the cost to today's budget."""
         now = self._clock()
         if tenant.tokens_per_minute is not None and tokens > 0:
-            key = self._keys_of(tenant)[1]
-            await self._gcra(key, now, tenant.tokens_per_minute, tokens, charge=True, force=True)
+            # Charged even past the allowance (the tokens were used): the debt delays later requests.
+            increment_s = tokens * _MINUTE_S / tenant.tokens_per_minute
+            await self._store.gcra(self._keys_of(tenant).tokens, now, increment_s, _MINUTE_S, charge=True, force=True)
         if tenant.usd_per_day is not None and cost_usd > 0:
             # Expires an hour after its day ends: late settles of that day's requests still find it.
-            await self._store.incr(self._budget_key(tenant, now), cost_usd, _DAY_S - now % _DAY_S + 3600)
+            await self._store.incr(self._keys_of(tenant).spent_on(now), cost_usd, _DAY_S - now % _DAY_S + 3600)
 
     async def spent_today(self, tenant: TenantState) -> float:
-        return await self._store.get(self._budget_key(tenant, self._clock())) or 0.0
+        return await self._store.get(self._keys_of(tenant).spent_on(self._clock())) or 0.0
 
     async def remaining_budget(self, tenant: TenantState) -> float:
         """USD left today (never below 0); math.inf for a tenant without a budget."""
@@ -217,33 +253,9 @@ class Tenants:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _keys_of(self, tenant: TenantState) -> tuple[str, str]:
-        """The store keys of the tenant's request and token rates."""
-        keys = self._rate_keys.get(tenant.name)
-        if keys is None:  # a tenant this config does not know: one a reload removed, still in flight
-            keys = (f"{self._prefix}{tenant.name}:requests", f"{self._prefix}{tenant.name}:tokens")
-        return keys
-
-    def _budget_key(self, tenant: TenantState, now: float) -> str:
-        day = int(now // _DAY_S)
-        cached = self._budget_keys.get(tenant.name)
-        if cached is not None and cached[0] == day:
-            return cached[1]
-        date = datetime.fromtimestamp(day * _DAY_S, UTC).strftime("%Y-%m-%d")
-        key = f"{self._prefix}{tenant.name}:spent:{date}"
-        self._budget_keys[tenant.name] = (day, key)
-        return key
-
-    def _gcra(
-        self, key: str, now: float, per_minute: int, cost: int, *, charge: bool, force: bool = False
-    ) -> Awaitable[float]:
-        """Seconds until `cost` units fit under `per_minute` (0.0: they fit, and were charged if `charge`).
-
-        `force` charges even when they do not fit (usage already happened); the debt delays later requests.
-        """
-        if not force:
-            cost = min(cost, per_minute)  # more than the whole allowance: passes only with a full bucket
-        return self._store.gcra(key, now, cost * (_MINUTE_S / per_minute), _MINUTE_S, charge=charge, force=force)
+    def _keys_of(self, tenant: TenantState) -> _StoreKeys:
+        keys = self._keys.get(tenant.name)
+        return keys if keys is not None else _StoreKeys(self._prefix, tenant)  # a tenant a reload removed, in flight
 
     def __repr__(self) -> str:
         if not self.enabled:

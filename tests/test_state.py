@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
+from gateway.state import FallbackStore, MemoryStore, RateStep, RedisStore, Refusal, StateStore
 from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +135,41 @@ async def test_concurrent_gcra_steps_are_atomic(subject: Subject) -> None:
     assert sum(1 for wait in waits if wait == 0.0) == 10
 
 
+async def test_admit_checks_everything_and_charges_only_when_all_fit(subject: Subject) -> None:
+    store = subject.store
+    now = 5000.0
+    tokens: RateStep = ("tokens", 30.0, False)
+    request: RateStep = ("requests", 20.0, True)
+    assert await store.admit(now, None, (tokens, request), 60.0) is None
+    assert await store.get("tokens") is None  # only asked
+    assert await store.get("requests") == pytest.approx(now + 20.0)
+    await store.gcra("tokens", now, 45.0, 60.0, charge=True)
+    refusal = await store.admit(now, None, (tokens, request), 60.0)
+    assert refusal is not None and refusal.check == 0  # the token step,
+    assert refusal.wait_s == pytest.approx(15.0)  # 15 s until it fits
+    assert await store.get("requests") == pytest.approx(now + 20.0)  # a refusal charges nothing
+    await store.gcra("tokens", now, -45.0, 60.0, charge=True, force=True)  # the tokens' debt paid back
+    for _ in range(2):  # 3 x 20 s fit the 60 s allowance
+        assert await store.admit(now, None, (tokens, request), 60.0) is None
+    refusal = await store.admit(now, None, (tokens, request), 60.0)
+    assert refusal is not None and refusal.check == 1 and refusal.wait_s == pytest.approx(20.0)
+
+    ceiling = ("spent", 1.0)
+    assert await store.admit(now, ceiling, (), 60.0) is None  # nothing spent yet
+    await store.incr("spent", 0.999, ttl_s=60)
+    assert await store.admit(now, ceiling, (), 60.0) is None
+    await store.incr("spent", 0.001, ttl_s=60)
+    assert await store.admit(now, ceiling, (("other", 1.0, True),), 60.0) == Refusal(-1, 0.0)
+    assert await store.get("other") is None
+
+
+async def test_concurrent_admits_are_atomic(subject: Subject) -> None:
+    store = subject.store
+    step = ("a", 1.0, True)
+    refusals = await asyncio.gather(*(store.admit(100.0, None, (step,), 10.0) for _ in range(30)))
+    assert sum(1 for refusal in refusals if refusal is None) == 10
+
+
 async def test_concurrent_increments_are_atomic(subject: Subject) -> None:
     store = subject.store
     await asyncio.gather(*(store.incr("c", 1, ttl_s=60) for _ in range(50)))
@@ -200,6 +235,9 @@ async def test_fallback_store_serves_locally_while_redis_is_down() -> None:
     assert await store.compare_and_set("c", None, "v", ttl_s=None)
     await store.set_str("s", "v", ttl_s=None)
     assert await store.get("n") == 2.0
+    assert await store.admit(1000.0, ("n", 2.0), (), 60.0) == Refusal(-1, 0.0)
+    assert await store.admit(1000.0, None, (("r", 1.0, True),), 60.0) is None
+    assert await store.gcra("r", 1000.0, 59.5, 60.0, charge=False) == pytest.approx(0.5)  # the admit's charge
     assert [d for d, _ in changes] == [True]
     assert repr(store).startswith("<FallbackStore degraded")
 
