@@ -147,6 +147,20 @@ def parse_traceparent(value: bytes) -> tuple[int, int, int] | None:
     return trace_id, span_id, int(value[53:55], 16)
 
 
+def _incoming_context(headers: Headers) -> tuple[tuple[int, int, int] | None, bytes | None]:
+    """The client's valid `traceparent` (trace id, parent span id, flags) and its `tracestate`."""
+    parent: tuple[int, int, int] | None = None
+    state: bytes | None = None
+    for key, value in headers:
+        if key == b"traceparent":
+            if parent is not None:  # two traceparents: neither can be trusted; start a new trace
+                return None, None
+            parent = parse_traceparent(value) or (0, 0, 0)
+        elif key == b"tracestate":
+            state = value if state is None else state + b"," + value
+    return (parent, state) if parent is not None and parent[0] != 0 else (None, None)
+
+
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
     return b"00-%032x-%016x-%02x" % (trace_id, span_id, flags)
 
@@ -240,17 +254,10 @@ class Tracing:
             return RequestSpan(0, 0, 0, None, headers)
         parent: tuple[int, int, int] | None = None
         state: bytes | None = None
-        for key, value in headers:
-            if key == b"traceparent":
-                if parent is not None:  # two traceparents: neither can be trusted; start a new trace
-                    parent = None
-                    state = None
-                    break
-                parent = parse_traceparent(value) or (0, 0, 0)
-            elif key == b"tracestate":
-                state = value if state is None else state + b"," + value
-        if parent is not None and parent[0] == 0:
-            parent = None
+        for key, _ in headers:
+            if key in TRACE_HEADERS:  # one set lookup per header: most requests come without a trace context
+                parent, state = _incoming_context(headers)
+                break
         bits = self._bits
         if parent is None:
             state = None  # a tracestate without a valid traceparent is dropped (W3C)
@@ -371,7 +378,8 @@ class RequestSpan:
     @property
     def trace_id_hex(self) -> str | None:
         """The trace id for the access log (unsampled requests have one too); None when tracing is off."""
-        return f"{self.trace_id:032x}" if self.trace_id else None
+        traceparent = self.traceparent()  # already formatted for the response: cut out of it
+        return traceparent[3:35].decode() if traceparent is not None else None
 
     def traceparent(self) -> bytes | None:
         """The W3C `traceparent` value of this SERVER span, for the response; None when tracing is off."""

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.accesslog import FIELDS
 from tests.procs import DemoServer, Gateway
 
 GatewayFactory = Callable[..., Gateway]
@@ -160,6 +161,7 @@ def test_the_access_log_has_one_line_per_request(demos: Demos, gateway_factory: 
     entries = [json.loads(line) for line in lines]
     assert [e["request_id"] for e in entries] == [r.headers["x-request-id"] for r in [*answered, refused]]
     first = entries[0]
+    assert all(list(e) == list(FIELDS) for e in entries)  # exactly FIELDS, in order (written unchecked)
     assert (first["route"], first["backend"], first["status"], first["tenant"]) == ("chat", "v1", 200, "team-a")
     assert first["canary"] is False  # the route's only backend serves as its stable one
     assert first["cost_usd"] == pytest.approx(float(answered[0].headers["x-gateway-cost-usd"]), abs=1e-8)
