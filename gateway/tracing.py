@@ -158,6 +158,7 @@ def _incoming_context(headers: Headers) -> tuple[tuple[int, int, int] | None, by
             parent = parse_traceparent(value) or (0, 0, 0)
         elif key == b"tracestate":
             state = value if state is None else state + b"," + value
+    # A tracestate without a valid traceparent is dropped (W3C).
     return (parent, state) if parent is not None and parent[0] != 0 else (None, None)
 
 
@@ -260,7 +261,6 @@ class Tracing:
                 break
         bits = self._bits
         if parent is None:
-            state = None  # a tracestate without a valid traceparent is dropped (W3C)
             trace_id = bits(128) or 1
             flags = _RANDOM
             sampled = self._sampling.sampled(trace_id, None)
