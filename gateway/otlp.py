@@ -51,12 +51,27 @@ _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
 
-# Encoded attributes (`KeyValue`s, length-prefixed) by (key, value type, value) for str, int and bool
-# values. The event loop encodes the gateway's spans, an exporter's thread any `ReadableSpan`s; a race
-# can only encode a pair twice. The dict is emptied when full, so a high-cardinality attribute costs
-# a re-encode, never memory.
-_PAIRS: dict[tuple[str, type, Any], bytes] = {}
 _MAX_PAIRS = 4096
+
+
+class _PairCache(dict[tuple[str, type, Any], bytes]):
+    """Encoded attributes (`KeyValue`s, length-prefixed) by (key, value type, value). A lookup that
+    misses encodes the pair, and keeps it unless its value is a float (a cost, a duration: they
+    rarely repeat). The event loop encodes the gateway's spans, an exporter's thread any
+    `ReadableSpan`s; a race can only encode a pair twice. Emptied when full, so a high-cardinality
+    attribute costs a re-encode, never memory."""
+
+    def __missing__(self, entry: tuple[str, type, Any]) -> bytes:
+        key, kind, value = entry
+        encoded = _prefixed(_pair(key, value))
+        if kind is not float:
+            if len(self) >= _MAX_PAIRS:
+                self.clear()
+            self[entry] = encoded
+        return encoded
+
+
+_PAIRS = _PairCache()
 
 
 class SpanFields(Protocol):
@@ -210,20 +225,11 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated `KeyValue` fields with this tag."""
     if not attributes:
         return b""
-    parts: list[bytes] = []
-    pairs = _PAIRS
-    for key, value in attributes.items():
-        kind = value.__class__
-        if kind is str or kind is int or kind is bool:
-            cached = pairs.get((key, kind, value))
-            if cached is None:
-                if len(pairs) >= _MAX_PAIRS:
-                    pairs.clear()
-                cached = pairs[(key, kind, value)] = _prefixed(_pair(key, value))
-            parts += (tag, cached)
-        else:
-            parts += (tag, _prefixed(_pair(key, value)))
-    return b"".join(parts)
+    values = attributes.values()
+    try:  # one pass in C: most pairs were encoded before
+        return tag + tag.join(map(_PAIRS.__getitem__, zip(attributes, map(type, values), values, strict=True)))
+    except TypeError:  # a value that cannot be a dict key (a list)
+        return tag + tag.join([_prefixed(_pair(key, value)) for key, value in attributes.items()])
 
 
 def _pair(key: str, value: Any) -> bytes:

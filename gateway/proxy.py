@@ -230,7 +230,7 @@ async def _send_error(
         headers.append((b"x-gateway-attempts", str(len(ctx.attempts)).encode()))
     if isinstance(error, UpstreamError):
         headers.append((b"x-gateway-backend", error.backend.encode()))
-    traceparent = span.traceparent()
+    traceparent = span.traceparent
     if traceparent is not None:
         headers.append((b"traceparent", traceparent))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -249,7 +249,7 @@ async def _write(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tas
         headers.append((b"server-timing", _server_timing(ctx, reply)))
     if ctx.fallback_reason is not None:
         headers.append((b"x-gateway-fallback", ctx.fallback_reason.encode()))
-    traceparent = ctx.trace.traceparent()
+    traceparent = ctx.trace.traceparent
     if traceparent is not None:
         headers.append((b"traceparent", traceparent))
     if reply.stream is None:

@@ -194,23 +194,23 @@ class MemoryStore:
             entry = data.get(ceiling[0])
             if entry is not None and (entry[1] is None or entry[1] > clock_now) and float(entry[0]) >= ceiling[1]:
                 return Refusal(-1, 0.0)
+        # A step fits when tat + increment - burst <= now + eps, i.e. tat + increment <= limit.
+        limit = now + burst_s + GCRA_EPS
         charges = []
-        check = 0
-        for key, increment_s, charge in steps:
-            tat = now
+        for check, (key, increment_s, charge) in enumerate(steps):
+            new_tat = now + increment_s
             entry = data.get(key)
             if entry is not None and (entry[1] is None or entry[1] > clock_now):
                 stored = entry[0]
-                if not isinstance(stored, float):
-                    tat = self._tat(key, now)
-                elif stored > now:
-                    tat = stored
-            allow_at = tat + increment_s - burst_s
-            if allow_at > now + GCRA_EPS:
-                return Refusal(check, allow_at - now)
+                try:
+                    if stored > now:
+                        new_tat = stored + increment_s  # type: ignore[operator]
+                except TypeError:  # a string someone stored at a rate's key: read as `gcra` reads it
+                    new_tat = self._tat(key, now) + increment_s
+            if new_tat > limit:
+                return Refusal(check, new_tat - burst_s - now)
             if charge:
-                charges.append((key, tat + increment_s))
-            check += 1
+                charges.append((key, new_tat))
         for key, new_tat in charges:
             if key not in data and len(data) >= self.max_keys:
                 self._make_room()

@@ -84,9 +84,12 @@ def _presented_key(headers: Headers) -> bytes | None:
     for name, value in headers:
         if name in _KEY_HEADERS:  # one set lookup per header, not two comparisons
             if name == b"authorization":
-                scheme, _, token = value.strip().partition(b" ")
-                token = token.strip()
-                if token and scheme.lower() == b"bearer":
+                if value.startswith(b"Bearer "):  # the usual spelling: no general parse
+                    token = value[7:].strip()
+                else:  # the scheme is case-insensitive (RFC 9110 11.1)
+                    scheme, _, token = value.strip().partition(b" ")
+                    token = token.strip() if scheme.lower() == b"bearer" else b""
+                if token:
                     bearer = token
             elif value := value.strip():
                 api_key = value

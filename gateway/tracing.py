@@ -162,8 +162,11 @@ def _incoming_context(headers: Headers) -> tuple[tuple[int, int, int] | None, by
     return (parent, state) if parent is not None and parent[0] != 0 else (None, None)
 
 
+_TRACEPARENT = b"00-%032x-%016x-%02x"
+
+
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
-    return b"00-%032x-%016x-%02x" % (trace_id, span_id, flags)
+    return _TRACEPARENT % (trace_id, span_id, flags)
 
 
 class _Sampling:
@@ -261,15 +264,16 @@ class Tracing:
                 break
         bits = self._bits
         if parent is None:
-            trace_id = bits(128) or 1
+            ids = bits(192)  # one draw: the trace id, then this span's id
+            trace_id = ids >> 64 or 1
+            if (trace_id & _ID_MASK) >= self._sampling.bound:  # the ratio rule of `_Sampling.sampled`, inlined
+                return RequestSpan(trace_id, ids & _ID_MASK or 1, _RANDOM, None, None)
             flags = _RANDOM
-            sampled = self._sampling.sampled(trace_id, None)
         else:
             trace_id = parent[0]
             flags = parent[2] & _RANDOM
-            sampled = self._sampling.sampled(trace_id, parent[2])
-        if not sampled:
-            return RequestSpan(trace_id, bits(64) or 1, flags, state, None)
+            if not self._sampling.sampled(trace_id, parent[2]):
+                return RequestSpan(trace_id, bits(64) or 1, flags, state, None)
         attributes = _server_attributes(method, path, scheme, headers, client_ip, server)
         trace_state = TraceState.from_header([state.decode("latin-1")]) if state else None
         remote = None
@@ -363,7 +367,7 @@ class RequestSpan:
     carries the trace context, and every recording method is a no-op. Sampled requests get `_SampledRequest`.
     """
 
-    __slots__ = ("_incoming", "_state", "_traceparent", "flags", "span_id", "trace_id")
+    __slots__ = ("_incoming", "_state", "flags", "span_id", "trace_id", "traceparent")
 
     recording = False  # whether attributes and events are kept (the request is sampled)
 
@@ -373,19 +377,15 @@ class RequestSpan:
         self.flags = flags
         self._state = state  # the client's tracestate, passed on unchanged
         self._incoming = incoming  # tracing off: the client's trace headers pass through upstream unchanged
-        self._traceparent: bytes | None = None
+        # The W3C `traceparent` of this SERVER span, for the response and, unsampled, upstream; None when
+        # tracing is off. Every request sends it, so it is formatted now rather than on first use.
+        self.traceparent = _TRACEPARENT % (trace_id, span_id, flags) if trace_id else None
 
     @property
     def trace_id_hex(self) -> str | None:
         """The trace id for the access log (unsampled requests have one too); None when tracing is off."""
-        traceparent = self.traceparent()  # already formatted for the response: cut out of it
+        traceparent = self.traceparent  # already formatted for the response: cut out of it
         return traceparent[3:35].decode() if traceparent is not None else None
-
-    def traceparent(self) -> bytes | None:
-        """The W3C `traceparent` value of this SERVER span, for the response; None when tracing is off."""
-        if self._traceparent is None and self.trace_id:
-            self._traceparent = format_traceparent(self.trace_id, self.span_id, self.flags)
-        return self._traceparent
 
     def set_route(self, route: str, owner: str | None = None, http_route: str | None = None) -> None:
         """The matched route: `http_route` is its match path, which also names the span (low cardinality)."""
@@ -668,7 +668,7 @@ class AttemptSpan:
         """The `traceparent` (and `tracestate`) to send upstream in place of the client's: this attempt's
         span when sampled, the request's unsampled context otherwise, the client's own when tracing is off."""
         request = self._request
-        parent = request.traceparent()
+        parent = request.traceparent
         if parent is None:
             return [(k, v) for k, v in request._incoming or () if k in TRACE_HEADERS]
         state = request._state

@@ -101,7 +101,7 @@ def run_request(tracing: Tracing) -> dict[str, Any]:
         "response", [Violation("/choices/0/message/content", f"{PROMPT!r} is too long", "maxLength")], backend="v1"
     )
     request.capture_completion({"choices": [{"message": {"role": "assistant", "content": ANSWER}}]})
-    response_traceparent = request.traceparent()
+    response_traceparent = request.traceparent
     request.end(
         200,
         backend="v1",
@@ -306,7 +306,7 @@ def test_ratio_zero_records_nothing_but_still_propagates_a_context() -> None:
     assert header[0] == b"traceparent"
     assert (trace_id, span_id) == (request.trace_id, request.span_id)  # unsampled: the request's own context
     assert flags & 1 == 0
-    assert request.traceparent() == header[1]
+    assert request.traceparent == header[1]
     assert request.trace_id_hex == f"{trace_id:032x}"
     request.set_route("chat", None, CHAT)
     request.fallback("timeout", "v1", 1)
@@ -407,7 +407,7 @@ def test_tracing_off_costs_nothing_and_passes_trace_headers_through() -> None:
     headers = client_headers(f"00-{TRACE_ID}-{PARENT_ID}-01", "vendor=abc")
     request = start(tracing, headers)
     assert not request.recording
-    assert request.traceparent() is None
+    assert request.traceparent is None
     assert request.trace_id_hex is None
     attempt = request.attempt("v1", "POST", "http://127.0.0.1:9001/x", 1)
     assert attempt.inject() == [(k, v) for k, v in headers if k in TRACE_HEADERS]
