@@ -203,7 +203,7 @@ class MemoryStore:
             if entry is not None and (entry[1] is None or entry[1] > clock_now):
                 stored = entry[0]
                 try:
-                    if stored > now:
+                    if stored > now:  # type: ignore[operator]  # a str raises TypeError
                         new_tat = stored + increment_s  # type: ignore[operator]
                 except TypeError:  # a string someone stored at a rate's key: read as `gcra` reads it
                     new_tat = self._tat(key, now) + increment_s
