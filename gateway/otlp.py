@@ -38,8 +38,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, TraceFlags
-from opentelemetry.util.types import Attributes
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 log = logging.getLogger("gateway")
 
@@ -47,6 +46,7 @@ _HAS_IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
 _IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
 _MASK64 = (1 << 64) - 1  # int64 values go on the wire as their two's complement
 _SMALL = [bytes([n]) for n in range(128)]  # one-byte varints
+_STATUS = [b"\x7a\x00", b"\x7a\x02\x18\x01", b"\x7a\x02\x18\x02"]  # a `Status` without description, by code
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
@@ -74,23 +74,31 @@ class _PairCache(dict[tuple[str, type, Any], bytes]):
 _PAIRS = _PairCache()
 
 
-class SpanFields(Protocol):
-    """What a span must show to be encoded: a `ReadableSpan`, or the gateway's own span records."""
+class SpanRecord(Protocol):
+    """What `encode_span` reads: a finished span in plain values, as the gateway records its own.
+    Reading them costs no property call or enum lookup (a `ReadableSpan`'s context, kind and status
+    cost both); `ReadableRecord` shows a `ReadableSpan` this way."""
 
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def trace_state(self) -> TraceState | None: ...
+    @property
+    def parent_id(self) -> int: ...  # 0: a root span
+    @property
+    def parent_remote(self) -> bool: ...
     @property
     def name(self) -> str: ...
     @property
-    def context(self) -> SpanContext | None: ...
+    def kind(self) -> int: ...  # OTLP's numbering: 1 internal, 2 server, 3 client, 4 producer, 5 consumer
     @property
-    def parent(self) -> SpanContext | None: ...
+    def start_time(self) -> int: ...
     @property
-    def kind(self) -> SpanKind: ...
+    def end_time(self) -> int: ...
     @property
-    def start_time(self) -> int | None: ...
-    @property
-    def end_time(self) -> int | None: ...
-    @property
-    def attributes(self) -> Attributes: ...
+    def attributes(self) -> Mapping[str, Any] | None: ...
     @property
     def dropped_attributes(self) -> int: ...
     @property
@@ -102,7 +110,48 @@ class SpanFields(Protocol):
     @property
     def dropped_links(self) -> int: ...
     @property
-    def status(self) -> Status: ...
+    def status_code(self) -> int: ...  # OTLP's numbering: 0 unset, 1 ok, 2 error
+    @property
+    def status_description(self) -> str | None: ...
+
+
+class ReadableRecord:
+    """A `ReadableSpan` as a `SpanRecord`."""
+
+    __slots__ = (
+        "attributes",
+        "dropped_attributes",
+        "dropped_events",
+        "dropped_links",
+        "end_time",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent_id",
+        "parent_remote",
+        "span_id",
+        "start_time",
+        "status_code",
+        "status_description",
+        "trace_id",
+        "trace_state",
+    )
+
+    def __init__(self, span: ReadableSpan) -> None:
+        context = span.context
+        assert context is not None
+        self.trace_id, self.span_id, self.trace_state = context.trace_id, context.span_id, context.trace_state
+        parent = span.parent
+        self.parent_id = parent.span_id if parent is not None else 0
+        self.parent_remote = parent is not None and parent.is_remote
+        self.name = span.name
+        self.kind = span.kind.value + 1  # the SDK's INTERNAL is 0, OTLP's is 1
+        self.start_time, self.end_time = span.start_time or 0, span.end_time or 0
+        self.attributes, self.dropped_attributes = span.attributes, span.dropped_attributes
+        self.events, self.dropped_events = span.events, span.dropped_events
+        self.links, self.dropped_links = span.links, span.dropped_links
+        self.status_code, self.status_description = span.status.status_code.value, span.status.description
 
 
 class EncodedSpan(bytes):
@@ -115,7 +164,7 @@ class EncodedSpan(bytes):
     context = SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
 
 
-def encode_span(span: SpanFields) -> EncodedSpan:
+def encode_span(span: SpanRecord) -> EncodedSpan:
     return EncodedSpan(_span(span))
 
 
@@ -143,7 +192,7 @@ def encode_spans(
         if isinstance(span, EncodedSpan):
             group(resource, scope).append(span)
         else:
-            group(span.resource, span.instrumentation_scope).append(_span(span))
+            group(span.resource, span.instrumentation_scope).append(_span(ReadableRecord(span)))
     parts: list[bytes] = []
     for owner, by_scope in groups.values():
         body = [b"\x0a", _prefixed(_attributes(b"\x0a", owner.attributes))]  # ResourceSpans.resource
@@ -171,23 +220,21 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return b"".join(parts)
 
 
-def _span(span: SpanFields) -> bytes:
+def _span(span: SpanRecord) -> bytes:
     """A `Span` message's body, its fields in field-number order as protobuf runtimes write them."""
-    context = span.context
-    assert context is not None
-    parts = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
-    if context.trace_state:
-        state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
+    parts = [b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big")]
+    trace_state = span.trace_state
+    if trace_state:
+        state = ",".join(f"{key}={value}" for key, value in trace_state.items())
         parts += (b"\x1a", _prefixed(state.encode()))
-    parent = span.parent
     flags = _HAS_IS_REMOTE
-    if parent is not None:
-        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        if parent.is_remote:
+    if span.parent_id:
+        parts += (b"\x22\x08", span.parent_id.to_bytes(8, "big"))
+        if span.parent_remote:
             flags |= _IS_REMOTE
     if span.name:
         parts += (b"\x2a", _prefixed(span.name.encode()))
-    parts += (b"\x30", _SMALL[span.kind.value + 1])  # the SDK's INTERNAL is 0, OTLP's is 1
+    parts += (b"\x30", _SMALL[span.kind])
     if span.start_time:
         parts += (b"\x39", _fixed64(span.start_time))
     if span.end_time:
@@ -211,12 +258,14 @@ def _span(span: SpanFields) -> bytes:
         parts += (b"\x6a", _prefixed(b"".join(body)))
     if span.dropped_links:
         parts += (b"\x70", _varint(span.dropped_links))
-    status = span.status
-    code = status.status_code.value
-    body = [b"\x12", _prefixed(status.description.encode())] if status.description else []
-    if code:
-        body += (b"\x18", _SMALL[code])
-    parts += (b"\x7a", _prefixed(b"".join(body)))  # always sent, UNSET included, as the SDK does
+    code, description = span.status_code, span.status_description
+    if description:
+        status = [b"\x12", _prefixed(description.encode())]
+        if code:
+            status += (b"\x18", _SMALL[code])
+        parts += (b"\x7a", _prefixed(b"".join(status)))  # always sent, UNSET included, as the SDK does
+    else:
+        parts.append(_STATUS[code])
     parts += (b"\x85\x01", _fixed32(flags))  # field 16, fixed32
     return b"".join(parts)
 

@@ -97,6 +97,9 @@ _RANDOM = 0x02  # W3C Trace Context level 2 "random-trace-id": our trace ids are
 _ID_MASK = (1 << 64) - 1
 _HEXDIGITS = b"0123456789abcdef-"
 _SAMPLED_FLAGS = TraceFlags(TraceFlags.SAMPLED)
+# Span kinds as OTLP numbers them (the SDK's SpanKind + 1), status codes as both do.
+_INTERNAL, _SERVER, _CLIENT = (kind.value + 1 for kind in (SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT))
+_STATUS_UNSET, _STATUS_ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
 _SAMPLERS: dict[str, tuple[float | None, bool]] = {  # OTEL_TRACES_SAMPLER -> (ratio, or None for the arg; parent-based)
@@ -275,13 +278,12 @@ class Tracing:
             if not self._sampling.sampled(trace_id, parent[2]):
                 return RequestSpan(trace_id, bits(64) or 1, flags, state, None)
         attributes = _server_attributes(method, path, scheme, headers, client_ip, server)
-        trace_state = TraceState.from_header([state.decode("latin-1")]) if state else None
-        remote = None
-        if parent is not None:
-            remote = SpanContext(trace_id, parent[1], True, TraceFlags(parent[2]), trace_state)
         name = method if method in KNOWN_METHODS else "HTTP"
-        context = SpanContext(trace_id, bits(64) or 1, False, _SAMPLED_FLAGS, trace_state)
-        span = _Span(self, name, SpanKind.SERVER, context, remote, attributes)
+        span = _Span(self, name, _SERVER, trace_id, bits(64) or 1, attributes)
+        if parent is not None:
+            span.parent_id, span.parent_remote, span.parent_flags = parent[1], True, parent[2]
+            if state:
+                span.trace_state = TraceState.from_header([state.decode("latin-1")])
         request = _SampledRequest(self, span, state, name, path)
         _current.set(request)
         return request
@@ -303,8 +305,7 @@ class Tracing:
         if not self.enabled:
             return
         bits = self._bits
-        context = SpanContext(bits(128) or 1, bits(64) or 1, False, _SAMPLED_FLAGS)
-        span = _Span(self, f"gateway.{name}", SpanKind.INTERNAL, context, None, {"gateway.route": route})
+        span = _Span(self, f"gateway.{name}", _INTERNAL, bits(128) or 1, bits(64) or 1, {"gateway.route": route})
         span.add_event(f"gateway.{name}", attributes)
         span.end()
 
@@ -468,13 +469,12 @@ class _SampledRequest(RequestSpan):
     recording = True
 
     def __init__(self, tracing: Tracing, span: _Span, state: bytes | None, name: str, path: str) -> None:
-        ids = span.context
-        super().__init__(ids.trace_id, ids.span_id, int(ids.trace_flags), state, None)
+        super().__init__(span.trace_id, span.span_id, _SAMPLED, state, None)
         self._tracing = tracing
         self._span = span
         self._name = name
         self._path = path
-        self._attributes: dict[str, AttributeValue] = {}  # set on the span at the end, in one call
+        self._attributes = span.attributes  # the span's own: the server's first, then the route's, the end's
         self._route: str | None = None
         self._ended = False
 
@@ -524,9 +524,11 @@ class _SampledRequest(RequestSpan):
             if requested is not None:
                 attributes["gen_ai.request.model"] = requested
         name = method if method in KNOWN_METHODS else "HTTP"
-        parent = self._span.context
-        context = SpanContext(self.trace_id, self._tracing._bits(64) or 1, False, _SAMPLED_FLAGS, parent.trace_state)
-        return _SampledAttempt(self, _Span(self._tracing, name, SpanKind.CLIENT, context, parent, attributes))
+        tracing = self._tracing
+        span = _Span(tracing, name, _CLIENT, self.trace_id, tracing._bits(64) or 1, attributes)
+        span.parent_id = self.span_id
+        span.trace_state = self._span.trace_state
+        return _SampledAttempt(self, span)
 
     def event(self, name: str, attributes: Attributes | None = None) -> None:
         self._span.add_event(name, attributes)
@@ -647,7 +649,6 @@ class _SampledRequest(RequestSpan):
         if extra:
             attributes.update(extra)
         span = self._span
-        span.attributes.update(attributes)
         if self._route is not None:
             span.name = f"{self._name} {self._route}"
         span.end(failed)
@@ -697,10 +698,10 @@ class _SampledAttempt(AttemptSpan):
         self._ended = False
 
     def inject(self) -> Headers:
-        ids = self._span.context
-        headers = [(b"traceparent", format_traceparent(ids.trace_id, ids.span_id, int(ids.trace_flags)))]
-        if ids.trace_state:
-            headers.append((b"tracestate", ids.trace_state.to_header().encode("latin-1")))
+        span = self._span
+        headers = [(b"traceparent", _TRACEPARENT % (span.trace_id, span.span_id, _SAMPLED))]
+        if span.trace_state:
+            headers.append((b"tracestate", span.trace_state.to_header().encode("latin-1")))
         return headers
 
     def event(self, name: str, attributes: Attributes | None = None) -> None:
@@ -726,45 +727,47 @@ class _SampledAttempt(AttemptSpan):
 class _Span:
     """A sampled span while it is open: plain values, no locks and no attribute checks (the gateway
     sets every attribute itself). When it ends it goes to the SDK's batch processor, in OTLP wire form
-    when the exporter takes that (`gateway.otlp.EncodedSpan`), else as a `ReadableSpan`. The SDK's own
-    live spans cost ~25 us each here; this costs a few. Its fields are named as `ReadableSpan`'s, which
-    the encoder reads."""
+    when the exporter takes that (`gateway.otlp.EncodedSpan`, which reads it as a `SpanRecord`), else as
+    a `ReadableSpan`. The SDK's own live spans cost ~25 us each here; this costs a few."""
 
     __slots__ = (
         "_tracing",
         "attributes",
-        "context",
         "end_time",
         "events",
         "kind",
         "name",
-        "parent",
+        "parent_flags",
+        "parent_id",
+        "parent_remote",
+        "span_id",
         "start_time",
-        "status",
+        "status_code",
+        "trace_id",
+        "trace_state",
     )
 
     links: tuple[()] = ()
     dropped_attributes = dropped_events = dropped_links = 0
+    status_description = None
 
     def __init__(
-        self,
-        tracing: Tracing,
-        name: str,
-        kind: SpanKind,
-        context: SpanContext,
-        parent: SpanContext | None,
-        attributes: dict[str, AttributeValue],
+        self, tracing: Tracing, name: str, kind: int, trace_id: int, span_id: int, attributes: dict[str, AttributeValue]
     ) -> None:
         self._tracing = tracing
         self.name = name
-        self.kind = kind
-        self.context = context
-        self.parent = parent
+        self.kind = kind  # OTLP's numbering (SpanKind + 1)
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = 0  # a root span; set by the caller otherwise
+        self.parent_remote = False
+        self.parent_flags = _SAMPLED  # a remote parent's own flags
+        self.trace_state: TraceState | None = None
         self.attributes = attributes
         self.events: list[Event] | tuple[()] = ()  # most spans have none: no list for them
-        self.status = _UNSET
+        self.status_code = _STATUS_UNSET
         self.start_time = time.time_ns()
-        self.end_time: int | None = None
+        self.end_time = 0
 
     def add_event(self, name: str, attributes: Attributes | None = None) -> None:
         self.events = [*self.events, Event(name, attributes, time.time_ns())]
@@ -772,20 +775,25 @@ class _Span:
     def end(self, failed: bool = False) -> None:
         self.end_time = time.time_ns()
         if failed:
-            self.status = _ERROR
+            self.status_code = _STATUS_ERROR
         self._tracing._export(self)
 
     def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+        context = SpanContext(self.trace_id, self.span_id, False, _SAMPLED_FLAGS, self.trace_state)
+        parent = None
+        if self.parent_id:
+            flags = TraceFlags(self.parent_flags)
+            parent = SpanContext(self.trace_id, self.parent_id, self.parent_remote, flags, self.trace_state)
         return ReadableSpan(
             name=self.name,
-            context=self.context,
-            parent=self.parent,
+            context=context,
+            parent=parent,
             resource=resource,
             attributes=self.attributes,
             events=self.events,
-            kind=self.kind,
+            kind=SpanKind(self.kind - 1),
             instrumentation_scope=scope,
-            status=self.status,
+            status=_ERROR if self.status_code == _STATUS_ERROR else _UNSET,
             start_time=self.start_time,
             end_time=self.end_time,
         )

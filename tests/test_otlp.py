@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from gateway.otlp import EncodedSpan, encode_span, encode_spans
+from gateway.otlp import EncodedSpan, ReadableRecord, encode_span, encode_spans
 
 RESOURCE = Resource({"service.name": "gw", "service.version": "1.0"}, schema_url="https://schema/1")
 OTHER_RESOURCE = Resource({"service.name": "other"})
@@ -128,18 +128,22 @@ def test_repeated_and_high_cardinality_attributes_encode_the_same_every_time() -
 
 def test_spans_encoded_as_they_end_are_framed_with_the_exporters_resource_and_scope() -> None:
     # The gateway encodes each span when it ends; the batch then only needs its resource and scope.
-    encoded = [encode_span(s) for s in SPANS[:6]]
+    encoded = [encode_span(ReadableRecord(s)) for s in SPANS[:6]]
     assert all(isinstance(e, EncodedSpan) and e.context.trace_flags.sampled for e in encoded)
     framed = ExportTraceServiceRequest.FromString(encode_spans(encoded, RESOURCE, SCOPE))
     assert framed == sdk_encode_spans(SPANS[:6])
 
 
 def test_a_batch_can_mix_encoded_and_readable_spans() -> None:
-    batch: list[ReadableSpan | EncodedSpan] = [encode_span(SPANS[0]), SPANS[6], encode_span(SPANS[1])]
+    batch: list[ReadableSpan | EncodedSpan] = [
+        encode_span(ReadableRecord(SPANS[0])),
+        SPANS[6],
+        encode_span(ReadableRecord(SPANS[1])),
+    ]
     ours = ExportTraceServiceRequest.FromString(encode_spans(batch, RESOURCE, SCOPE))
     assert ours == sdk_encode_spans([SPANS[0], SPANS[6], SPANS[1]])
 
 
 def test_encoded_spans_without_a_resource_are_refused() -> None:
     with pytest.raises(ValueError, match="resource"):
-        encode_spans([encode_span(SPANS[1])])
+        encode_spans([encode_span(ReadableRecord(SPANS[1]))])
