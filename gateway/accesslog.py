@@ -69,6 +69,7 @@ class AccessLog:
     ) -> None:
         self.path = Path(config.path) if config.path else None
         self.sample_ratio = config.sample_ratio
+        self.keeps_all = self.sample_ratio >= 1.0 and self.path is not None  # `sampled()` would say True
         self._random = (rng or random.Random()).random
         self._max_queue = max_queue
         self._wake_at = max(1, max_queue // 2)

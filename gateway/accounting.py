@@ -215,8 +215,9 @@ class Accounting:
                 tenant=tenant,
                 error_type=error_type,
             )
-        if self._access_log is not None and self._access_log.sampled():
-            self._access_log.record(
+        access_log = self._access_log
+        if access_log is not None and (access_log.keeps_all or access_log.sampled()):
+            access_log.record(
                 {  # FIELDS, in order (exact=True)
                     "time": time.time(),
                     "request_id": ctx.request_id,

@@ -203,13 +203,13 @@ class Tenants:
         slot is charged, and only when all three pass, so that a refusal costs the tenant nothing.
         """
         now = self._clock()
-        keys = self._keys_of(tenant)
+        keys = self._keys.get(tenant.name) or self._keys_of(tenant)
         steps = keys.request_steps
         per_minute = tenant.tokens_per_minute
         if per_minute is not None and estimated_tokens > 0:
             # More than the whole allowance passes only with a full bucket; the estimate is never charged.
-            tokens: RateStep = (keys.tokens, min(estimated_tokens, per_minute) * _MINUTE_S / per_minute, False)
-            steps = (tokens, *steps)
+            tokens = estimated_tokens if estimated_tokens < per_minute else per_minute
+            steps = ((keys.tokens, tokens * _MINUTE_S / per_minute, False), *steps)
         budget = tenant.usd_per_day
         ceiling = (keys.spent_on(now), budget) if budget is not None else None
         if ceiling is None and not steps:
