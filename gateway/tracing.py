@@ -56,6 +56,7 @@ import os
 import random
 import threading
 import time
+from binascii import hexlify
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -165,11 +166,13 @@ def _incoming_context(headers: Headers) -> tuple[tuple[int, int, int] | None, by
     return (parent, state) if parent is not None and parent[0] != 0 else (None, None)
 
 
-_TRACEPARENT = b"00-%032x-%016x-%02x"
+_FLAGS = tuple(b"-%02x" % flags for flags in range(256))
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
-    return _TRACEPARENT % (trace_id, span_id, flags)
+    # The ids' 24 bytes in hex with a separator after the first 16 (counted from the left): half the
+    # instructions of formatting two big ints with %x.
+    return b"00-" + hexlify((trace_id << 64 | span_id).to_bytes(24, "big"), b"-", -16) + _FLAGS[flags]
 
 
 class _Sampling:
@@ -380,7 +383,11 @@ class RequestSpan:
         self._incoming = incoming  # tracing off: the client's trace headers pass through upstream unchanged
         # The W3C `traceparent` of this SERVER span, for the response and, unsampled, upstream; None when
         # tracing is off. Every request sends it, so it is formatted now rather than on first use.
-        self.traceparent = _TRACEPARENT % (trace_id, span_id, flags) if trace_id else None
+        self.traceparent = (  # format_traceparent, inlined
+            b"00-" + hexlify((trace_id << 64 | span_id).to_bytes(24, "big"), b"-", -16) + _FLAGS[flags]
+            if trace_id
+            else None
+        )
 
     @property
     def trace_id_hex(self) -> str | None:
@@ -699,7 +706,7 @@ class _SampledAttempt(AttemptSpan):
 
     def inject(self) -> Headers:
         span = self._span
-        headers = [(b"traceparent", _TRACEPARENT % (span.trace_id, span.span_id, _SAMPLED))]
+        headers = [(b"traceparent", format_traceparent(span.trace_id, span.span_id, _SAMPLED))]
         if span.trace_state:
             headers.append((b"tracestate", span.trace_state.to_header().encode("latin-1")))
         return headers
