@@ -203,7 +203,7 @@ class Tenants:
         slot is charged, and only when all three pass, so that a refusal costs the tenant nothing.
         """
         now = self._clock()
-        keys = self._keys.get(tenant.name) or self._keys_of(tenant)
+        keys = self._keys_of(tenant)
         steps = keys.request_steps
         per_minute = tenant.tokens_per_minute
         if per_minute is not None and estimated_tokens > 0:

@@ -271,18 +271,18 @@ class Tracing:
         bits = self._bits
         if parent is None:
             ids = bits(192)  # one draw: the trace id, then this span's id
-            trace_id = ids >> 64 or 1
+            trace_id, span_id = ids >> 64 or 1, ids & _ID_MASK or 1
             if (trace_id & _ID_MASK) >= self._sampling.bound:  # the ratio rule of `_Sampling.sampled`, inlined
-                return RequestSpan(trace_id, ids & _ID_MASK or 1, _RANDOM, None, None)
+                return RequestSpan(trace_id, span_id, _RANDOM, None, None)
             flags = _RANDOM
         else:
-            trace_id = parent[0]
+            trace_id, span_id = parent[0], bits(64) or 1
             flags = parent[2] & _RANDOM
             if not self._sampling.sampled(trace_id, parent[2]):
-                return RequestSpan(trace_id, bits(64) or 1, flags, state, None)
+                return RequestSpan(trace_id, span_id, flags, state, None)
         attributes = _server_attributes(method, path, scheme, headers, client_ip, server)
         name = method if method in KNOWN_METHODS else "HTTP"
-        span = _Span(self, name, _SERVER, trace_id, bits(64) or 1, attributes)
+        span = _Span(self, name, _SERVER, trace_id, span_id, attributes)
         if parent is not None:
             span.parent_id, span.parent_remote, span.parent_flags = parent[1], True, parent[2]
             if state:
@@ -471,7 +471,7 @@ class RequestSpan:
 
 
 class _SampledRequest(RequestSpan):
-    __slots__ = ("_attributes", "_ended", "_name", "_path", "_route", "_span", "_tracing")
+    __slots__ = ("_ended", "_name", "_path", "_route", "_span", "_tracing")
 
     recording = True
 
@@ -481,12 +481,11 @@ class _SampledRequest(RequestSpan):
         self._span = span
         self._name = name
         self._path = path
-        self._attributes = span.attributes  # the span's own: the server's first, then the route's, the end's
         self._route: str | None = None
         self._ended = False
 
     def set_route(self, route: str, owner: str | None = None, http_route: str | None = None) -> None:
-        attributes = self._attributes
+        attributes = self._span.attributes
         attributes["gateway.route"] = route
         if owner:
             attributes["gateway.route.owner"] = owner
@@ -498,11 +497,12 @@ class _SampledRequest(RequestSpan):
         if not isinstance(model, str):
             return
         operation = operation or _operation(self._path)
+        attributes = self._span.attributes
         if operation is None:
-            self._attributes["gateway.request.model"] = model
+            attributes["gateway.request.model"] = model
             return
-        self._attributes["gen_ai.operation.name"] = operation
-        self._attributes["gen_ai.request.model"] = model
+        attributes["gen_ai.operation.name"] = operation
+        attributes["gen_ai.request.model"] = model
 
     def attempt(
         self,
@@ -522,7 +522,7 @@ class _SampledRequest(RequestSpan):
             attributes["http.request.resend_count"] = attempt_no - 1
         if hedge:
             attributes["gateway.hedge"] = True
-        mine = self._attributes
+        mine = self._span.attributes
         if "gateway.route" in mine:
             attributes["gateway.route"] = mine["gateway.route"]
         if "gen_ai.operation.name" in mine:
@@ -623,7 +623,7 @@ class _SampledRequest(RequestSpan):
         self._ended = True
         if _current.get() is self:
             _current.set(None)
-        attributes = self._attributes
+        attributes = self._span.attributes
         if status is not None:
             attributes["http.response.status_code"] = status
         if backend is not None:
@@ -718,7 +718,8 @@ class _SampledAttempt(AttemptSpan):
         if self._ended:
             return
         self._ended = True
-        attributes: dict[str, AttributeValue] = {}
+        span = self._span
+        attributes = span.attributes
         if status is not None:
             attributes["http.response.status_code"] = status
         failed = status is None or status >= 400 or error_type is not None
@@ -726,8 +727,6 @@ class _SampledAttempt(AttemptSpan):
             attributes["error.type"] = error_type or (str(status) if status is not None else "_OTHER")
         if extra:
             attributes.update(extra)
-        span = self._span
-        span.attributes.update(attributes)
         span.end(failed)
 
 
