@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-contracts serve clean
+.PHONY: demo test lint format bench bench-side-by-side bench-contracts serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: lint
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# The plain gateway and a variant on one core at once: the overhead, with the host's noise cancelled out.
+bench-side-by-side: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.side_by_side $(BENCH_ARGS)
 
 bench-contracts: $(STAMP)
 	$(BIN)/python -m loadtests.contracts_bench

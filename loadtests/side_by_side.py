@@ -1,0 +1,142 @@
+"""The plain gateway and a variant, side by side: both on the proxy core at once, each under its own wrk.
+
+    python -m loadtests.side_by_side                          # observability, 5 rounds of 8 s
+    python -m loadtests.side_by_side --features tenant --rounds 3
+
+Why. On a shared VM the same gateway swings by ±30% from one run to the next, so a plain run and a
+variant run taken minutes (or seconds) apart often differ by more than the variant costs. Run at
+the same time on the same core, both meet the same noise, and the kernel splits the core between
+them fairly; what each did with its share is CPU time per request, read from /proc for each process.
+The variant's loss is `1 - plain_cpu_per_request / variant_cpu_per_request`, the throughput it would
+lose with a core to itself. Measured this way, the loss of each round stays within about ±1 point of
+the others, where the sequential `bench --paired` runs spread over 30 points.
+
+Caveat: two processes on one core switch on and off it, so both pay some cache refill per request
+that neither pays alone. That cost is added to both sides alike, so the loss shown errs low by a little, not high.
+Results go to `loadtests/results/side-by-side-<timestamp>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from loadtests.bench import (
+    BODY,
+    GATEWAY,
+    GATEWAY_CLIENT,
+    LUA,
+    OBSERVABILITY,
+    PARTS,
+    PATH,
+    PYTHON,
+    RESULTS,
+    TARGET_CONNECTIONS,
+    BenchError,
+    Load,
+    Service,
+    Services,
+    WrkResult,
+    cpu_snapshot,
+    gateway_config,
+    preflight,
+    run_wrk,
+)
+
+PROXY_CPU, LOAD_CPU = 0, 1
+
+
+def measure(load: Load, gateways: tuple[Service, Service], duration_s: float) -> list[tuple[WrkResult, float]]:
+    """Both gateways under load at once: each one's wrk result and CPU seconds per request."""
+    before = cpu_snapshot()
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda g: run_wrk(load, g.url, TARGET_CONNECTIONS, duration_s)[0], gateways))
+    after = cpu_snapshot()
+    measured = []
+    for gateway, result in zip(gateways, runs, strict=True):
+        pid = gateway.process.pid
+        if result.errors or not result.requests:
+            raise BenchError(f"{gateway.name}: {result.errors} errors in {result.requests} requests")
+        measured.append((result, (after[pid].seconds - before[pid].seconds) / result.requests))
+    return measured
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--features", default="observability", help="the variant: observability or one of " + ", ".join(PARTS)
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per round")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    if args.features not in ("observability", *PARTS):
+        parser.error(f"--features takes observability or one of {', '.join(PARTS)}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    rounds: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="gateway-side-by-side-") as tmp:
+        work = Path(tmp)
+        script = work / "chat.lua"
+        script.write_text(LUA.format(path=PATH, body=json.dumps(BODY, separators=(",", ":"))))
+        load = Load(script=script, cpu=LOAD_CPU, threads=1, timeout_s=5.0)
+        services = Services(work)
+        try:
+            upstream = services.start(
+                "upstream",
+                [PYTHON, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", "0", "--name", "v1"],
+                LOAD_CPU,
+            )
+            receiver = services.start("otlp-receiver", [PYTHON, "-m", "tests.otlp_receiver", "--port", "0"], LOAD_CPU)
+            gateways: list[Service] = []
+            for name, features in (("plain", ""), (args.features, args.features)):
+                (work / name).mkdir()
+                config = gateway_config(
+                    upstream.url, GATEWAY_CLIENT, work / name, features, receiver.url + "/v1/traces"
+                )
+                argv = [GATEWAY, "--log-level", "warning", "serve", "--config", str(config)]
+                gateways.append(services.start(name, argv, PROXY_CPU))
+                preflight(gateways[-1].url, "gateway")
+            pair = (gateways[0], gateways[1])
+            measure(load, pair, args.warmup)
+            print(f"plain and {args.features} side by side on core {PROXY_CPU}, {TARGET_CONNECTIONS} connections each")
+            for number in range(1, args.rounds + 1):
+                (plain, plain_cpu), (variant, variant_cpu) = measure(load, pair, args.duration)
+                loss = 1 - plain_cpu / variant_cpu
+                rounds.append({"plain_rps": plain.rps, "plain_cpu_us": plain_cpu * 1e6, "variant_rps": variant.rps,
+                               "variant_cpu_us": variant_cpu * 1e6, "loss": loss})  # fmt: skip
+                print(
+                    f"  round {number}: plain {plain.rps:,.0f} req/s, {plain_cpu * 1e6:.0f} us CPU per request; "
+                    f"{args.features} {variant.rps:,.0f} req/s, {variant_cpu * 1e6:.0f} us; loss {loss:.1%}",
+                    flush=True,
+                )
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            services.stop_all()
+    losses = sorted(r["loss"] for r in rounds)
+    median = statistics.median(losses)
+    budget = 0.15 if args.features == "observability" else None
+    verdict = "" if budget is None else f", budget {budget:.0%} -> {'MET' if median <= budget else 'NOT MET'}"
+    each = ", ".join(f"{x:.1%}" for x in losses)
+    print(f"{args.features}: {median:.1%} below the plain gateway (rounds: {each}){verdict}")
+    output = RESULTS / f"side-by-side-{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "features": args.features,
+        "parts": sorted(OBSERVABILITY) if args.features == "observability" else [args.features],
+    }
+    output.write_text(json.dumps({**report, "rounds": rounds, "median_loss": median}, indent=2))
+    print(f"results written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
