@@ -140,18 +140,14 @@ def estimate_input_tokens(request_doc: object) -> int:
     text parts), completions `prompt` and embeddings / Responses `input`; other JSON bodies count as none."""
     if not isinstance(request_doc, dict):
         return 0
-    get = request_doc.get
-    messages, prompt, input_ = get("messages"), get("prompt"), get("input")
-    input_chars = 0
-    if messages is not None:
-        try:  # the usual chat request, every message's content a string: summed without a Python loop
+    messages = request_doc.get("messages")
+    if messages is not None:  # a chat request, which has neither "prompt" nor "input"
+        try:  # the usual one, every message's content a string: summed without a Python loop
             input_chars = sum(map(str.__len__, map(_CONTENT, messages)))
         except (KeyError, TypeError):  # content parts, a missing or null content, not a list of messages
             input_chars = _text_chars(messages)
-    if prompt is not None:
-        input_chars += _text_chars(prompt)
-    if input_ is not None:
-        input_chars += _text_chars(input_)
+    else:
+        input_chars = _text_chars(request_doc.get("prompt")) + _text_chars(request_doc.get("input"))
     return -(-input_chars // CHARS_PER_TOKEN)  # ceil
 
 

@@ -155,9 +155,9 @@ class ReadableRecord:
 
 
 class EncodedSpan(bytes):
-    """A finished span already in wire form (a `Span` message), as the gateway hands it to the SDK's
-    batch span processor: bytes are not tracked by the cyclic GC while they wait in its queue, and
-    export only frames them. `context` is all the processor reads (it must say sampled). The
+    """A finished span already in wire form (a `ScopeSpans.spans` field), as the gateway hands it to the
+    SDK's batch span processor: bytes are not tracked by the cyclic GC while they wait in its queue,
+    and export only joins them. `context` is all the processor reads (it must say sampled). The
     resource and scope are the exporter's (`FastOTLPSpanExporter(resource=..., scope=...)`)."""
 
     __slots__ = ()
@@ -165,7 +165,7 @@ class EncodedSpan(bytes):
 
 
 def encode_span(span: SpanRecord) -> EncodedSpan:
-    return EncodedSpan(_span(span))
+    return EncodedSpan(_span_field(span))
 
 
 def encode_spans(
@@ -192,14 +192,13 @@ def encode_spans(
         if isinstance(span, EncodedSpan):
             group(resource, scope).append(span)
         else:
-            group(span.resource, span.instrumentation_scope).append(_span(ReadableRecord(span)))
+            group(span.resource, span.instrumentation_scope).append(_span_field(ReadableRecord(span)))
     parts: list[bytes] = []
     for owner, by_scope in groups.values():
         body = [b"\x0a", _prefixed(_attributes(b"\x0a", owner.attributes))]  # ResourceSpans.resource
         for library, encoded in by_scope.values():
             scope_spans = [b"\x0a", _prefixed(_scope(library))]  # ScopeSpans.scope
-            for span_body in encoded:
-                scope_spans += (b"\x12", _prefixed(span_body))  # ScopeSpans.spans
+            scope_spans += encoded  # each one a framed ScopeSpans.spans field
             if library is not None and library.schema_url:
                 scope_spans += (b"\x1a", _prefixed(library.schema_url.encode()))
             body += (b"\x12", _prefixed(b"".join(scope_spans)))  # ResourceSpans.scope_spans
@@ -218,6 +217,10 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     if scope.attributes:
         parts.append(_attributes(b"\x1a", scope.attributes))
     return b"".join(parts)
+
+
+def _span_field(span: SpanRecord) -> bytes:
+    return b"\x12" + _prefixed(_span(span))  # ScopeSpans.spans
 
 
 def _span(span: SpanRecord) -> bytes:
