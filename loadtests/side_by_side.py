@@ -68,6 +68,12 @@ def measure(load: Load, gateways: tuple[Service, Service], duration_s: float) ->
     return measured
 
 
+def start_gateway(services: Services, name: str, config: Path) -> Service:
+    gateway = services.start(name, [GATEWAY, "--log-level", "warning", "serve", "--config", str(config)], PROXY_CPU)
+    preflight(gateway.url, "gateway")
+    return gateway
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -94,20 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 LOAD_CPU,
             )
             receiver = services.start("otlp-receiver", [PYTHON, "-m", "tests.otlp_receiver", "--port", "0"], LOAD_CPU)
-            gateways: list[Service] = []
+            configs = []
             for name, features in (("plain", ""), (args.features, args.features)):
                 (work / name).mkdir()
-                config = gateway_config(
-                    upstream.url, GATEWAY_CLIENT, work / name, features, receiver.url + "/v1/traces"
-                )
-                argv = [GATEWAY, "--log-level", "warning", "serve", "--config", str(config)]
-                gateways.append(services.start(name, argv, PROXY_CPU))
-                preflight(gateways[-1].url, "gateway")
-            pair = (gateways[0], gateways[1])
-            measure(load, pair, args.warmup)
+                trace_url = receiver.url + "/v1/traces"
+                configs.append((name, gateway_config(upstream.url, GATEWAY_CLIENT, work / name, features, trace_url)))
             print(f"plain and {args.features} side by side on core {PROXY_CPU}, {TARGET_CONNECTIONS} connections each")
             for number in range(1, args.rounds + 1):
+                # Fresh processes every round: each draws its own hash seed and memory layout, which moves
+                # a process's speed by a few percent for its whole life; the rounds sample that too.
+                pair = (start_gateway(services, *configs[0]), start_gateway(services, *configs[1]))
+                measure(load, pair, args.warmup)
                 (plain, plain_cpu), (variant, variant_cpu) = measure(load, pair, args.duration)
+                for gateway in pair:
+                    services.stop(gateway)
                 loss = 1 - plain_cpu / variant_cpu
                 rounds.append({"plain_rps": plain.rps, "plain_cpu_us": plain_cpu * 1e6, "variant_rps": variant.rps,
                                "variant_cpu_us": variant_cpu * 1e6, "loss": loss})  # fmt: skip
