@@ -30,6 +30,7 @@ from pathlib import Path
 
 from loadtests.bench import (
     BODY,
+    BUDGETS,
     GATEWAY,
     GATEWAY_CLIENT,
     LUA,
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             services.stop_all()
     losses = sorted(r["loss"] for r in rounds)
     median = statistics.median(losses)
-    budget = 0.15 if args.features == "observability" else None
+    budget = BUDGETS.get(args.features)
     verdict = "" if budget is None else f", budget {budget:.0%} -> {'MET' if median <= budget else 'NOT MET'}"
     each = ", ".join(f"{x:.1%}" for x in losses)
     print(f"{args.features}: {median:.1%} below the plain gateway (rounds: {each}){verdict}")
