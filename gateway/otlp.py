@@ -11,14 +11,17 @@ is encoded once and kept (`_PAIRS`): ~12 us for the same two spans (31 attribute
 decodes the output with opentelemetry-proto and compares it with the SDK's encoder for every kind of
 value.
 
-The gateway encodes each span as it ends (`encode_span`, from its own span records) and queues the
-bytes (`EncodedSpan`) in the SDK's batch span processor; `encode_spans` frames a batch of them with
-the exporter's resource and scope. `ReadableSpan`s (from other code) are encoded at export.
+The gateway queues its own span records (`SpanRecord`s: plain values) in the SDK's batch span
+processor as they end, and the exporter's thread encodes a whole batch at once with the exporter's
+resource and scope: the encoder's code and cached pairs stay warm across the batch. (Encoding each
+span as it ended, one sampled request in ten, found them cold every time: traces at 10% cost 8.9%
+of the plain gateway's throughput that way, 6.8% this way, side by side.) `ReadableSpan`s (from
+other code) name their own resource and scope.
 
 `FastOTLPSpanExporter` is the SDK's OTLP/HTTP exporter (endpoint, headers, compression, timeout,
 retries, `OTEL_EXPORTER_OTLP_*`) with only the encoding swapped. It sends with the exporter's HTTP
 client, an internal of opentelemetry-exporter-otlp-proto-http; should a release rename it,
-`takes_encoded` is False, the gateway hands it `ReadableSpan`s and it falls back to the SDK's own
+`takes_records` is False, the gateway hands it `ReadableSpan`s and it falls back to the SDK's own
 export path, slower but correct.
 
 Reference: https://protobuf.dev/programming-guides/encoding/ and opentelemetry-proto's
@@ -38,7 +41,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import TraceState
 
 log = logging.getLogger("gateway")
 
@@ -75,7 +78,7 @@ _PAIRS = _PairCache()
 
 
 class SpanRecord(Protocol):
-    """What `encode_span` reads: a finished span in plain values, as the gateway records its own.
+    """What `encode_spans` reads: a finished span in plain values, as the gateway records its own.
     Reading them costs no property call or enum lookup (a `ReadableSpan`'s context, kind and status
     cost both); `ReadableRecord` shows a `ReadableSpan` this way."""
 
@@ -154,32 +157,18 @@ class ReadableRecord:
         self.status_code, self.status_description = span.status.status_code.value, span.status.description
 
 
-class EncodedSpan(bytes):
-    """A finished span already in wire form (a `ScopeSpans.spans` field), as the gateway hands it to the
-    SDK's batch span processor: bytes are not tracked by the cyclic GC while they wait in its queue,
-    and export only joins them. `context` is all the processor reads (it must say sampled). The
-    resource and scope are the exporter's (`FastOTLPSpanExporter(resource=..., scope=...)`)."""
-
-    __slots__ = ()
-    context = SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
-
-
-def encode_span(span: SpanRecord) -> EncodedSpan:
-    return EncodedSpan(_span_field(span))
-
-
 def encode_spans(
-    spans: Sequence[ReadableSpan | EncodedSpan],
+    spans: Sequence[ReadableSpan | SpanRecord],
     resource: Resource | None = None,
     scope: InstrumentationScope | None = None,
 ) -> bytes:
     """The serialized `ExportTraceServiceRequest` for these spans, grouped by resource and scope.
-    `EncodedSpan`s belong to `resource` and `scope`; `ReadableSpan`s name their own."""
+    `SpanRecord`s belong to `resource` and `scope`; `ReadableSpan`s name their own."""
     groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
 
     def group(owner: Resource | None, library: InstrumentationScope | None) -> list[bytes]:
         if owner is None:
-            raise ValueError("encoded spans need the resource they belong to")
+            raise ValueError("span records need the resource they belong to")
         by_scope = groups.get(id(owner))
         if by_scope is None:
             by_scope = groups[id(owner)] = (owner, {})
@@ -189,10 +178,10 @@ def encode_spans(
         return found[1]
 
     for span in spans:
-        if isinstance(span, EncodedSpan):
-            group(resource, scope).append(span)
-        else:
+        if isinstance(span, ReadableSpan):
             group(span.resource, span.instrumentation_scope).append(_span_field(ReadableRecord(span)))
+        else:
+            group(resource, scope).append(_span_field(span))
     parts: list[bytes] = []
     for owner, by_scope in groups.values():
         body = [b"\x0a", _prefixed(_attributes(b"\x0a", owner.attributes))]  # ResourceSpans.resource
@@ -342,7 +331,7 @@ def _varint(n: int) -> bytes:
 
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter, encoding with `encode_spans` above. `EncodedSpan`s it is
+    """The SDK's OTLP/HTTP span exporter, encoding with `encode_spans` above. `SpanRecord`s it is
     given belong to `resource` and `scope`."""
 
     def __init__(
@@ -353,12 +342,12 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
         self.scope = scope
 
     @property
-    def takes_encoded(self) -> bool:
-        """Whether it can send `EncodedSpan`s: it found the SDK exporter's HTTP client to send bytes with."""
+    def takes_records(self) -> bool:
+        """Whether it can take `SpanRecord`s: it found the SDK exporter's HTTP client to send bytes with."""
         return callable(getattr(getattr(self, "_client", None), "export", None))
 
-    def export(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> SpanExportResult:
-        if getattr(self, "_shutdown", True) or not self.takes_encoded:
+    def export(self, spans: Sequence[ReadableSpan | SpanRecord]) -> SpanExportResult:
+        if getattr(self, "_shutdown", True) or not self.takes_records:
             return super().export(spans)  # type: ignore[arg-type]  # only ReadableSpans come this way
         try:
             data = encode_spans(spans, self.resource, self.scope)

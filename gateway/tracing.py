@@ -13,10 +13,11 @@ rule) is taken here, so an unsampled request costs a header scan, two random num
 object; it still gets a trace context to return to the client and to send upstream (flags `00`).
 Only sampled requests build attributes. They record into plain slotted objects (`_Span`): the SDK's
 live spans (locks, attribute checks, span processors on start) cost ~25 us each, several times this.
-A span that ends is written in OTLP wire form at once (`gateway.otlp.encode_span`, ~6 us a span, repeated
-attributes cached) and queued as bytes in the SDK's `BatchSpanProcessor`, whose worker thread frames a
-batch and sends it with the SDK's OTLP/HTTP exporter; queued bytes are invisible to the cyclic GC.
-With another exporter (console, or a test's in-memory one) spans become SDK `ReadableSpan`s instead.
+A span that ends is queued as it is in the SDK's `BatchSpanProcessor`, whose worker thread encodes
+a whole batch in OTLP wire form (`gateway.otlp`, repeated attributes cached) and sends it with the
+SDK's OTLP/HTTP exporter: encoding spans together keeps the encoder warm, where encoding each as it
+ended found it cold. With another exporter (console, or a test's in-memory one) spans become SDK
+`ReadableSpan`s instead.
 
 Nothing sensitive is recorded: no header but `Host` and `User-Agent`, no query string values, no
 credentials in URLs, no contract messages (they can quote the offending value), and no prompt or
@@ -98,6 +99,7 @@ _RANDOM = 0x02  # W3C Trace Context level 2 "random-trace-id": our trace ids are
 _ID_MASK = (1 << 64) - 1
 _HEXDIGITS = b"0123456789abcdef-"
 _SAMPLED_FLAGS = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED_CONTEXT = SpanContext(1, 1, False, _SAMPLED_FLAGS)
 # Span kinds as OTLP numbers them (the SDK's SpanKind + 1), status codes as both do.
 _INTERNAL, _SERVER, _CLIENT = (kind.value + 1 for kind in (SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT))
 _STATUS_UNSET, _STATUS_ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
@@ -225,7 +227,7 @@ class Tracing:
         self.endpoint: str | None = None
         self.service_name = ""
         self._processor: BatchSpanProcessor | None = None
-        self._encode: Callable[[_Span], object] | None = None  # spans leave in wire form (OTLP only)
+        self._records = False  # whether the exporter takes `_Span`s as they are (OTLP), not `ReadableSpan`s
         self._client_attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
         if _sdk_disabled(env) or (exporter is None and kind == "none"):
             return
@@ -233,7 +235,7 @@ class Tracing:
         self._scope = InstrumentationScope("gateway", service_version)
         if exporter is None:
             if kind == "otlp":
-                exporter, self.endpoint, self._encode = _otlp_exporter(config, env, self._resource, self._scope)
+                exporter, self.endpoint, self._records = _otlp_exporter(config, env, self._resource, self._scope)
             else:
                 exporter = ConsoleSpanExporter()
         else:
@@ -316,11 +318,10 @@ class Tracing:
         processor = self._processor
         if processor is None:
             return
-        encode = self._encode
-        if encode is None:
+        if self._records:  # encoded by the exporter's thread; the processor reads only its (sampled) context
+            processor.on_end(span)  # type: ignore[arg-type]
+        else:
             processor.on_end(span.readable(self._resource, self._scope))
-        else:  # an EncodedSpan: the processor reads only its (sampled) context
-            processor.on_end(encode(span))  # type: ignore[arg-type]
 
     def current(self) -> RequestSpan:
         """The sampled request span of the running task (for events raised far from the request, such as a
@@ -731,10 +732,11 @@ class _SampledAttempt(AttemptSpan):
 
 
 class _Span:
-    """A sampled span while it is open: plain values, no locks and no attribute checks (the gateway
-    sets every attribute itself). When it ends it goes to the SDK's batch processor, in OTLP wire form
-    when the exporter takes that (`gateway.otlp.EncodedSpan`, which reads it as a `SpanRecord`), else as
-    a `ReadableSpan`. The SDK's own live spans cost ~25 us each here; this costs a few."""
+    """A sampled span: plain values, no locks and no attribute checks (the gateway sets every attribute
+    itself). When it ends it goes to the SDK's batch processor as it is, for the OTLP exporter's thread
+    to encode (a `gateway.otlp.SpanRecord`), else as a `ReadableSpan`. The SDK's own live spans cost
+    ~25 us each here; this costs a few. Nothing changes it after it ended (its owners keep an `_ended`
+    flag), as the exporter's thread may be reading it."""
 
     __slots__ = (
         "_tracing",
@@ -756,6 +758,7 @@ class _Span:
     links: tuple[()] = ()
     dropped_attributes = dropped_events = dropped_links = 0
     status_description = None
+    context = _SAMPLED_CONTEXT  # all the batch span processor reads of a span it queues
 
     def __init__(
         self, tracing: Tracing, name: str, kind: int, trace_id: int, span_id: int, attributes: dict[str, AttributeValue]
@@ -863,9 +866,9 @@ def _sampling(config: Telemetry, env: Mapping[str, str]) -> _Sampling:
 
 def _otlp_exporter(
     config: Telemetry, env: Mapping[str, str], resource: Resource, scope: InstrumentationScope
-) -> tuple[SpanExporter, str, Callable[[_Span], object] | None]:
-    """The exporter, its endpoint, and the span encoder when it takes spans already encoded."""
-    from gateway.otlp import FastOTLPSpanExporter, encode_span
+) -> tuple[SpanExporter, str, bool]:
+    """The exporter, its endpoint, and whether it takes the gateway's span records (`SpanRecord`s)."""
+    from gateway.otlp import FastOTLPSpanExporter
 
     traces = config.traces
     if "endpoint" in traces.model_fields_set:
@@ -875,7 +878,7 @@ def _otlp_exporter(
     else:
         endpoint = _traces_url(traces.endpoint)
     exporter = FastOTLPSpanExporter(endpoint=endpoint, resource=resource, scope=scope)
-    return exporter, str(getattr(exporter, "_endpoint", endpoint)), encode_span if exporter.takes_encoded else None
+    return exporter, str(getattr(exporter, "_endpoint", endpoint)), exporter.takes_records
 
 
 def _traces_url(endpoint: str) -> str:

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from gateway.otlp import EncodedSpan, ReadableRecord, encode_span, encode_spans
+from gateway.otlp import ReadableRecord, SpanRecord, encode_spans
 
 RESOURCE = Resource({"service.name": "gw", "service.version": "1.0"}, schema_url="https://schema/1")
 OTHER_RESOURCE = Resource({"service.name": "other"})
@@ -126,24 +126,19 @@ def test_repeated_and_high_cardinality_attributes_encode_the_same_every_time() -
     assert ExportTraceServiceRequest.FromString(first) == sdk_encode_spans(spans)
 
 
-def test_spans_encoded_as_they_end_are_framed_with_the_exporters_resource_and_scope() -> None:
-    # The gateway encodes each span when it ends; the batch then only needs its resource and scope.
-    encoded = [encode_span(ReadableRecord(s)) for s in SPANS[:6]]
-    assert all(isinstance(e, EncodedSpan) and e.context.trace_flags.sampled for e in encoded)
-    framed = ExportTraceServiceRequest.FromString(encode_spans(encoded, RESOURCE, SCOPE))
+def test_span_records_are_framed_with_the_exporters_resource_and_scope() -> None:
+    # The gateway queues its own span records; they belong to the exporter's resource and scope.
+    records = [ReadableRecord(s) for s in SPANS[:6]]
+    framed = ExportTraceServiceRequest.FromString(encode_spans(records, RESOURCE, SCOPE))
     assert framed == sdk_encode_spans(SPANS[:6])
 
 
-def test_a_batch_can_mix_encoded_and_readable_spans() -> None:
-    batch: list[ReadableSpan | EncodedSpan] = [
-        encode_span(ReadableRecord(SPANS[0])),
-        SPANS[6],
-        encode_span(ReadableRecord(SPANS[1])),
-    ]
+def test_a_batch_can_mix_records_and_readable_spans() -> None:
+    batch: list[ReadableSpan | SpanRecord] = [ReadableRecord(SPANS[0]), SPANS[6], ReadableRecord(SPANS[1])]
     ours = ExportTraceServiceRequest.FromString(encode_spans(batch, RESOURCE, SCOPE))
     assert ours == sdk_encode_spans([SPANS[0], SPANS[6], SPANS[1]])
 
 
-def test_encoded_spans_without_a_resource_are_refused() -> None:
+def test_span_records_without_a_resource_are_refused() -> None:
     with pytest.raises(ValueError, match="resource"):
-        encode_spans([encode_span(ReadableRecord(SPANS[1]))])
+        encode_spans([ReadableRecord(SPANS[1])])

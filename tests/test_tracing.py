@@ -238,10 +238,10 @@ def test_without_the_exporters_http_client_spans_take_the_sdks_own_path(
     # handed over as ReadableSpans and the SDK encodes and sends them: slower, the same spans.
     from gateway.otlp import FastOTLPSpanExporter
 
-    monkeypatch.setattr(FastOTLPSpanExporter, "takes_encoded", property(lambda self: False))
+    monkeypatch.setattr(FastOTLPSpanExporter, "takes_records", property(lambda self: False))
     tracing = Tracing(telemetry(traces={"exporter": "otlp", "endpoint": otlp}))
     try:
-        assert tracing._encode is None
+        assert not tracing._records
         run_request(tracing)
         spans = wait_for_spans(otlp, 3)
     finally:
