@@ -1,11 +1,12 @@
-"""Stage: who is calling and may they (API key, budget, rate limits), before anything is forwarded."""
+"""Gate: who is calling and may they (API key, budget, rate limits), before anything is forwarded."""
 
 from __future__ import annotations
 
-from gateway.context import Reply, RequestContext
+from collections.abc import Awaitable
+
+from gateway.context import RequestContext
 from gateway.cost import estimate_input_tokens
 from gateway.tenants import Tenants
-from gateway.types import Next
 
 
 class Admission:
@@ -14,13 +15,13 @@ class Admission:
     def __init__(self, tenants: Tenants) -> None:
         self._tenants = tenants
 
-    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+    def enter(self, ctx: RequestContext) -> Awaitable[None] | None:
         tenant = self._tenants.authenticate(ctx.headers)
-        if tenant is not None:
-            ctx.tenant = tenant
-            # The estimate is only needed against a token rate.
-            await self._tenants.admit(tenant, _expected_tokens(ctx.document) if tenant.tokens_per_minute else 0)
-        return await call_next(ctx)
+        if tenant is None:
+            return None
+        ctx.tenant = tenant
+        # The estimate is only needed against a token rate.
+        return self._tenants.check(tenant, _expected_tokens(ctx.document) if tenant.tokens_per_minute else 0)
 
 
 def _expected_tokens(document: object) -> int:

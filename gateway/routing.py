@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config import Backend, Route, Timeouts
-from gateway.context import Reply, RequestContext
+from gateway.context import RequestContext
 from gateway.errors import ErrorFormat, FieldError, NoRoute
-from gateway.types import Headers, Next
+from gateway.types import Headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +102,12 @@ class Router:
 
 
 class Routing:
-    """Stage: find the route for the request, or answer 404."""
+    """Gate: find the route for the request, or answer 404."""
 
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+    def enter(self, ctx: RequestContext) -> None:
         document = ctx.document
         model = document.get("model") if isinstance(document, dict) else None
         route = self._router.match(ctx.path, model)
@@ -121,4 +121,3 @@ class Routing:
         if isinstance(model, str):
             ctx.trace.set_request_model(model)
         ctx.trace.capture_prompt(document)
-        return await call_next(ctx)

@@ -45,7 +45,7 @@ from gateway.state import FallbackStore, MemoryStore, RedisStore, StateStore
 from gateway.tasks import TaskSet
 from gateway.tenants import Tenants
 from gateway.tracing import Tracing
-from gateway.types import Next, Stage
+from gateway.types import Gate, Next, Stage
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
@@ -159,8 +159,8 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         access_log=shared.access_log,
         watch=ModelWatch(shared.monitor, shared.feedback, shared.slo, shared.analyzer, shared.samples),
     )
-    # Only the stages some route uses: every stage is a coroutine call on every request.
-    stages: list[Stage] = [accounting]
+    # Only the steps some route uses: every stage is a coroutine call on every request, every gate a call.
+    stages: list[Stage | Gate] = [accounting]
     if config.tenants:
         stages.append(Admission(tenants))
     stages.append(Routing(router))

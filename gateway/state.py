@@ -187,7 +187,13 @@ class MemoryStore:
     async def admit(
         self, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...], burst_s: float
     ) -> Refusal | None:
-        # `_live`, `_tat` and `_put` inlined: this runs on every request of a limited tenant.
+        return self.admit_now(now, ceiling, steps, burst_s)
+
+    def admit_now(
+        self, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...], burst_s: float
+    ) -> Refusal | None:
+        """`admit` without a coroutine: nothing here waits. `_live`, `_tat` and `_put` are inlined, as
+        this runs on every request of a limited tenant."""
         data = self._data
         clock_now = self._clock()
         if ceiling is not None:

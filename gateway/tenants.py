@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -140,6 +140,8 @@ class Tenants:
     ) -> None:
         self._clock = clock
         self._store: StateStore = store if store is not None else MemoryStore(clock=clock)
+        # The in-memory store decides an admission without a coroutine (it runs on every request).
+        self._local = self._store if isinstance(self._store, MemoryStore) else None
         self._prefix = prefix
         self.enabled = tenants is not None
         self._by_name: dict[str, TenantState] = {}
@@ -196,11 +198,13 @@ class Tenants:
 
     # -- admission ------------------------------------------------------------------------------
 
-    async def admit(self, tenant: TenantState, estimated_tokens: int) -> None:
+    def check(self, tenant: TenantState, estimated_tokens: int) -> Awaitable[None] | None:
         """Let a request through, or raise TooManyRequests (429) with Retry-After.
 
         Checks the budget, the token rate and a request slot in one store operation; only the request
         slot is charged, and only when all three pass, so that a refusal costs the tenant nothing.
+        With the in-memory store that is decided at once (None: admitted); with another store this
+        returns the awaitable that decides.
         """
         now = self._clock()
         keys = self._keys_of(tenant)
@@ -213,7 +217,24 @@ class Tenants:
         budget = tenant.usd_per_day
         ceiling = (keys.spent_on(now), budget) if budget is not None else None
         if ceiling is None and not steps:
-            return
+            return None
+        local = self._local
+        if local is None:
+            return self._admit_remote(tenant, now, ceiling, steps)
+        refusal = local.admit_now(now, ceiling, steps, _MINUTE_S)
+        if refusal is not None:
+            raise self._refused(tenant, refusal, steps, now)
+        return None
+
+    async def admit(self, tenant: TenantState, estimated_tokens: int) -> None:
+        """`check`, awaited when it must be."""
+        pending = self.check(tenant, estimated_tokens)
+        if pending is not None:
+            await pending
+
+    async def _admit_remote(
+        self, tenant: TenantState, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...]
+    ) -> None:
         refusal = await self._store.admit(now, ceiling, steps, _MINUTE_S)
         if refusal is not None:
             raise self._refused(tenant, refusal, steps, now)

@@ -266,3 +266,19 @@ async def test_unreadable_rate_state_counts_as_a_full_bucket(clock: FakeClock) -
     assert tenants.store is store
     with pytest.raises(TooManyRequests):
         await tenants.admit(a, 0)
+
+
+async def test_check_decides_at_once_in_memory_and_waits_on_redis(store: StateStore, clock: FakeClock) -> None:
+    tenants, a = make(store, clock, requests_per_minute=1)
+    pending = tenants.check(a, 0)
+    if isinstance(store, MemoryStore):
+        assert pending is None  # admitted without a coroutine
+        with pytest.raises(TooManyRequests):
+            tenants.check(a, 0)
+        return
+    assert pending is not None
+    await pending
+    refused = tenants.check(a, 0)
+    assert refused is not None
+    with pytest.raises(TooManyRequests):
+        await refused
