@@ -203,7 +203,8 @@ class MemoryStore:
         # A step fits when tat + increment - burst <= now + eps, i.e. tat + increment <= limit.
         limit = now + burst_s + GCRA_EPS
         charges = []
-        for check, (key, increment_s, charge) in enumerate(steps):
+        check = 0
+        for key, increment_s, charge in steps:
             new_tat = now + increment_s
             entry = data.get(key)
             if entry is not None and (entry[1] is None or entry[1] > clock_now):
@@ -217,8 +218,9 @@ class MemoryStore:
                 return Refusal(check, new_tat - burst_s - now)
             if charge:
                 charges.append((key, new_tat))
+            check += 1
         for key, new_tat in charges:
-            if key not in data and len(data) >= self.max_keys:
+            if len(data) >= self.max_keys and key not in data:
                 self._make_room()
             data[key] = (new_tat, clock_now + new_tat - now + 1.0)
         return None

@@ -97,9 +97,12 @@ def _presented_key(headers: Headers) -> bytes | None:
 
 
 class _StoreKeys:
-    """A tenant's keys in the store, worked out once: its request and token rates', and today's spend."""
+    """A tenant's keys in the store, worked out once: its request and token rates', and today's spend.
 
-    __slots__ = ("_day_ends", "_day_starts", "_spent", "_spent_prefix", "request_steps", "tokens")
+    `ceiling` is today's (spend key, `usd_per_day`) while `day_starts <= now < day_ends` (`renew` it
+    past midnight); None for a tenant without a budget."""
+
+    __slots__ = ("_budget", "_spent", "_spent_prefix", "ceiling", "day_ends", "day_starts", "request_steps", "tokens")
 
     def __init__(self, prefix: str, tenant: TenantState) -> None:
         requests = f"{prefix}{tenant.name}:requests"
@@ -110,16 +113,24 @@ class _StoreKeys:
             () if per_minute is None else ((requests, _MINUTE_S / per_minute, True),)
         )
         self._spent_prefix = f"{prefix}{tenant.name}:spent:"
-        self._day_starts = self._day_ends = 0.0
+        self._budget = tenant.usd_per_day
+        self.day_starts = self.day_ends = 0.0
         self._spent = ""
+        self.ceiling: tuple[str, float] | None = None
 
     def spent_on(self, now: float) -> str:
-        """The key of the day's spend (UTC): formatting a date costs more than the rest of an admission."""
-        if not self._day_starts <= now < self._day_ends:
-            day = now // _DAY_S
-            self._day_starts, self._day_ends = day * _DAY_S, (day + 1) * _DAY_S
-            self._spent = self._spent_prefix + datetime.fromtimestamp(self._day_starts, UTC).strftime("%Y-%m-%d")
+        """The key of the day's spend (UTC)."""
+        if not self.day_starts <= now < self.day_ends:
+            self.renew(now)
         return self._spent
+
+    def renew(self, now: float) -> tuple[str, float] | None:
+        """Move to the day of `now`: formatting a date costs more than the rest of an admission."""
+        day = now // _DAY_S
+        self.day_starts, self.day_ends = day * _DAY_S, (day + 1) * _DAY_S
+        self._spent = self._spent_prefix + datetime.fromtimestamp(self.day_starts, UTC).strftime("%Y-%m-%d")
+        self.ceiling = None if self._budget is None else (self._spent, self._budget)
+        return self.ceiling
 
 
 def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
@@ -142,6 +153,7 @@ class Tenants:
         self._store: StateStore = store if store is not None else MemoryStore(clock=clock)
         # The in-memory store decides an admission without a coroutine (it runs on every request).
         self._local = self._store if isinstance(self._store, MemoryStore) else None
+        self.decides_at_once = self._local is not None  # `check` never returns an awaitable
         self._prefix = prefix
         self.enabled = tenants is not None
         self._by_name: dict[str, TenantState] = {}
@@ -191,7 +203,7 @@ class Tenants:
                 "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 headers=list(_WWW_AUTHENTICATE),
             )
-        tenant = self._by_digest.get(_digest(key))
+        tenant = self._by_digest.get(hashlib.sha256(key).digest())  # `_digest`, inlined: every request
         if tenant is None:
             raise Unauthorized("unknown API key", headers=list(_WWW_AUTHENTICATE))
         return tenant
@@ -206,16 +218,17 @@ class Tenants:
         With the in-memory store that is decided at once (None: admitted); with another store this
         returns the awaitable that decides.
         """
-        now = self._clock()
         keys = self._keys_of(tenant)
+        now = self._clock()
         steps = keys.request_steps
         per_minute = tenant.tokens_per_minute
         if per_minute is not None and estimated_tokens > 0:
             # More than the whole allowance passes only with a full bucket; the estimate is never charged.
             tokens = estimated_tokens if estimated_tokens < per_minute else per_minute
-            steps = ((keys.tokens, tokens * _MINUTE_S / per_minute, False), *steps)
-        budget = tenant.usd_per_day
-        ceiling = (keys.spent_on(now), budget) if budget is not None else None
+            steps = ((keys.tokens, tokens * _MINUTE_S / per_minute, False),) + steps
+        ceiling = keys.ceiling
+        if tenant.usd_per_day is not None and not keys.day_starts <= now < keys.day_ends:
+            ceiling = keys.renew(now)
         if ceiling is None and not steps:
             return None
         local = self._local

@@ -6,14 +6,17 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.admission import Admission, _expected_tokens, _token_bound
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
 from gateway.state import MemoryStore, RedisStore, StateStore
 from gateway.tenants import Tenants, TenantState
+from tests.context_factory import make_ctx
 from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -282,3 +285,33 @@ async def test_check_decides_at_once_in_memory_and_waits_on_redis(store: StateSt
     assert refused is not None
     with pytest.raises(TooManyRequests):
         await refused
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"messages": [{"role": "user", "content": "héllo wörld " * 40}], "max_tokens": 7},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": 'a"b\\' * 30}]}]},
+        {"prompt": list(range(300)), "max_tokens": 1},
+        {"prompt": [1, 2, 3]},
+        {"input": ["x", "yy", "zzz"]},
+        {"messages": [{"role": "user", "content": "\u2603\U0001f600"}]},
+        {},
+    ],
+)
+def test_the_admission_bound_is_never_below_the_estimate(document: dict[str, object]) -> None:
+    body = orjson.dumps(document)
+    assert _token_bound(body, orjson.loads(body)) >= _expected_tokens(orjson.loads(body))
+
+
+async def test_a_request_over_the_bound_but_within_the_estimate_is_admitted(clock: FakeClock) -> None:
+    """Near the token limit the bound refuses and the estimate decides: the same answer as the estimate alone."""
+    tenants, a = make(MemoryStore(clock=clock), clock, tokens_per_minute=1000)
+    document = {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 0}  # ~100 tokens, ~430 bytes
+    await tenants.settle(a, tokens=850, cost_usd=0.0)  # 150 tokens left this minute
+    ctx = make_ctx(headers=[(b"x-api-key", b"key-a")], document=document)
+    ctx.body = orjson.dumps(document)
+    assert Admission(tenants).enter(ctx) is None  # the bound (431) does not fit, the estimate (100) does
+    await tenants.settle(a, tokens=100, cost_usd=0.0)
+    with pytest.raises(TooManyRequests):
+        Admission(tenants).enter(ctx)
