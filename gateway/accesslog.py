@@ -1,10 +1,12 @@
 """The access log: one JSON line per request, sampled, written off the request's critical path.
 
-`record(entry)` is all a request pays: a sampling draw and an append to a bounded queue. It never
-blocks and never raises; when the queue is full the entry is dropped and counted. A background task
-(`start()`) drains the queue every `flush_interval_s` (sooner when it fills up), serializes the
-entries with orjson and writes them in a worker thread, to the configured file (appending) or to the
-`gateway.access` logger. `aclose()` stops the task and writes what is left.
+A request pays for a sampling draw and an append to a bounded queue: the gateway queues its entry as a
+tuple of plain values (`record_values`), and the writer's thread serializes a batch of them with
+orjson, in a warm loop (one entry serialized per request cost several times as much per entry).
+`record(entry)` takes a mapping, serialized at once. Neither blocks nor raises; when the queue is full
+the entry is dropped and counted. A background task (`start()`) drains the queue every
+`flush_interval_s` (sooner when it fills up) and writes it in a worker thread, to the configured file
+(appending) or to the `gateway.access` logger. `aclose()` stops the task and writes what is left.
 
 Only the fields in `FIELDS` are written, in that order: never headers, bodies, keys or prompts.
 """
@@ -75,7 +77,7 @@ class AccessLog:
         self._wake_at = max(1, max_queue // 2)
         self._interval = flush_interval_s
         self._logger = logger
-        self._queue: deque[bytes] = deque()  # serialized lines
+        self._queue: deque[bytes | tuple[Any, ...]] = deque()  # serialized lines, or `record_values` tuples
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -99,23 +101,31 @@ class AccessLog:
             return False
         return True
 
-    def record(self, entry: Mapping[str, Any], *, drawn: bool = False, exact: bool = False) -> bool:
+    def record(self, entry: Mapping[str, Any], *, drawn: bool = False) -> bool:
         """Queue one request's entry (sampled, unless `drawn` says `sampled()` already decided); True when
-        it was queued. Never blocks, never raises. `exact`: the caller built the entry with the keys of
-        `FIELDS`, in that order (the gateway's own entries), so it is written without checking them."""
+        it was queued. Never blocks, never raises."""
         if not drawn and not self.sampled():
             return False
-        queue = self._queue
-        if len(queue) >= self._max_queue:
-            self.dropped += 1
-            return False
-        try:  # now, while the entry is still in the CPU's cache: later costs several times more
-            line = orjson.dumps(entry, default=str) if exact else _line(entry)
+        try:
+            line = _line(entry)
         except Exception as exc:  # an unserializable value: drop the entry
             self.failed += 1
             log.error("cannot serialize an access-log entry: %s", exc)
             return False
-        queue.append(line)
+        return self._queued(line)
+
+    def record_values(self, values: tuple[Any, ...]) -> bool:
+        """Queue the gateway's own entry, already sampled: the values of `FIELDS`, in that order. The
+        writer's thread serializes it with the rest of its batch: a tuple of plain values is cheap to
+        build and to keep, and a batch serializes in a warm loop, where one entry per request did not."""
+        return self._queued(values)
+
+    def _queued(self, entry: bytes | tuple[Any, ...]) -> bool:
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self.dropped += 1
+            return False
+        queue.append(entry)
         if len(queue) == self._wake_at:
             self._wake.set()
         return True
@@ -153,33 +163,46 @@ class AccessLog:
 
     async def _flush(self) -> None:
         while self._queue:
-            lines = self._drain()
+            entries = self._drain()
             try:
-                await asyncio.to_thread(self._write, lines)
+                unserializable = await asyncio.to_thread(self._write, entries)
             except Exception as exc:  # a full disk must not take the gateway down; say so (once a minute), go on
-                self.failed += len(lines)
+                self.failed += len(entries)
                 now = time.monotonic()
                 if now - self._complained_at >= 60.0:
                     self._complained_at = now
                     log.error("cannot write the access log (%d lines lost so far): %s", self.failed, exc)
             else:
-                self.written += len(lines)
+                self.failed += unserializable
+                self.written += len(entries) - unserializable
 
-    def _drain(self, limit: int = 4096) -> list[bytes]:
+    def _drain(self, limit: int = 4096) -> list[bytes | tuple[Any, ...]]:
         queue = self._queue
         count = min(len(queue), limit)
         return [queue.popleft() for _ in range(count)]
 
-    def _write(self, lines: list[bytes]) -> None:
-        """Runs in a worker thread."""
+    def _write(self, entries: list[bytes | tuple[Any, ...]]) -> int:
+        """Runs in a worker thread. The number of entries left out because they could not be serialized."""
+        lines = []
+        for entry in entries:
+            if isinstance(entry, tuple):
+                try:
+                    entry = orjson.dumps(dict(zip(FIELDS, entry, strict=True)), default=str)
+                except Exception as exc:  # an unserializable value: drop the entry
+                    log.error("cannot serialize an access-log entry: %s", exc)
+                    continue
+            lines.append(entry)
+        if not lines:
+            return len(entries)
         if self.path is None:  # one record per batch: the logger's cost is per call, not per line
             self._logger.info(b"\n".join(lines).decode())
-            return
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("ab")
-        self._file.write(b"\n".join(lines) + b"\n")
-        self._file.flush()
+        else:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("ab")
+            self._file.write(b"\n".join(lines) + b"\n")
+            self._file.flush()
+        return len(entries) - len(lines)
 
     def __repr__(self) -> str:
         target = str(self.path) if self.path else "logger gateway.access"

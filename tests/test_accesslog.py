@@ -134,3 +134,19 @@ async def test_a_write_error_is_counted_not_raised(tmp_path: Path) -> None:
     access.record(entry(1))
     await access.aclose()
     assert (access.written, access.failed) == (0, 1)
+
+
+async def test_the_gateways_own_values_are_serialized_by_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)))
+    access.start()
+    values = tuple(range(len(FIELDS)))
+    assert access.record_values(values)
+    assert access.record_values((2**70, *values[1:]))  # past what JSON numbers carry here: dropped, counted
+    assert access.record(entry(3))  # mappings and value tuples share the queue, in order
+    await access.aclose()
+    written = lines(path)
+    assert written[0] == dict(zip(FIELDS, values, strict=True))
+    assert list(written[0]) == list(FIELDS)
+    assert written[1]["request_id"] == "req-3"
+    assert (access.written, access.failed, access.dropped) == (2, 1, 0)
