@@ -2,6 +2,7 @@
 
     python -m loadtests.side_by_side                          # observability, 5 rounds of 8 s
     python -m loadtests.side_by_side --features tenant --rounds 3
+    python -m loadtests.side_by_side --against /tmp/base      # this tree against another checkout
 
 Why. On a shared VM the same gateway swings by ±30% from one run to the next, so a plain run and a
 variant run taken minutes (or seconds) apart often differ by more than the variant costs. Run at
@@ -13,6 +14,10 @@ the others, where the sequential `bench --paired` runs spread over 30 points.
 
 Caveat: two processes on one core switch on and off it, so both pay some cache refill per request
 that neither pays alone. That cost is added to both sides alike, so the loss shown errs low by a little, not high.
+With `--against DIR` (a checkout of another revision: `git worktree add DIR REV`), both sides run the
+same `--features` (`plain` for none), one from DIR and one from this tree: what a change saves, with
+the noise cancelled as above. The other tree runs as `python -P -m gateway` with DIR on PYTHONPATH:
+without `-P` the working directory, this tree, would come first on the path and win.
 Results go to `loadtests/results/side-by-side-<timestamp>.json`.
 """
 
@@ -69,8 +74,10 @@ def measure(load: Load, gateways: tuple[Service, Service], duration_s: float) ->
     return measured
 
 
-def start_gateway(services: Services, name: str, config: Path) -> Service:
-    gateway = services.start(name, [GATEWAY, "--log-level", "warning", "serve", "--config", str(config)], PROXY_CPU)
+def start_gateway(services: Services, name: str, config: Path, source: Path | None = None) -> Service:
+    """The gateway of this tree, or the one in `source` (another checkout) under this venv's Python."""
+    command = [GATEWAY] if source is None else ["env", f"PYTHONPATH={source}", PYTHON, "-P", "-m", "gateway"]
+    gateway = services.start(name, [*command, "--log-level", "warning", "serve", "--config", str(config)], PROXY_CPU)
     preflight(gateway.url, "gateway")
     return gateway
 
@@ -83,9 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per round")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="compare this tree with another checkout (git worktree add DIR REV), both running --features: "
+        "what a change saves, with the noise cancelled",
+    )
     args = parser.parse_args(argv)
-    if args.features not in ("observability", *PARTS):
-        parser.error(f"--features takes observability or one of {', '.join(PARTS)}")
+    if args.features not in ("observability", *PARTS, "plain"):
+        parser.error(f"--features takes observability, plain or one of {', '.join(PARTS)}")
+    if args.against is not None and not (args.against / "gateway" / "__init__.py").is_file():
+        parser.error(f"--against {args.against}: no gateway package there")
+    if args.against is None and args.features == "plain":
+        parser.error("--features plain only makes sense with --against")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="gateway-side-by-side-") as tmp:
@@ -101,16 +119,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 LOAD_CPU,
             )
             receiver = services.start("otlp-receiver", [PYTHON, "-m", "tests.otlp_receiver", "--port", "0"], LOAD_CPU)
+            features = "" if args.features == "plain" else args.features
+            sides = (("plain", ""), (args.features, features))
+            if args.against is not None:
+                sides = (("before", features), ("after", features))
             configs = []
-            for name, features in (("plain", ""), (args.features, args.features)):
+            for name, side_features in sides:
                 (work / name).mkdir()
                 trace_url = receiver.url + "/v1/traces"
-                configs.append((name, gateway_config(upstream.url, GATEWAY_CLIENT, work / name, features, trace_url)))
-            print(f"plain and {args.features} side by side on core {PROXY_CPU}, {TARGET_CONNECTIONS} connections each")
+                configs.append(
+                    (name, gateway_config(upstream.url, GATEWAY_CLIENT, work / name, side_features, trace_url))
+                )
+            label = f"{args.features}: {args.against} and this tree" if args.against else f"plain and {args.features}"
+            print(f"{label} side by side on core {PROXY_CPU}, {TARGET_CONNECTIONS} connections each")
             for number in range(1, args.rounds + 1):
                 # Fresh processes every round: each draws its own hash seed and memory layout, which moves
                 # a process's speed by a few percent for its whole life; the rounds sample that too.
-                pair = (start_gateway(services, *configs[0]), start_gateway(services, *configs[1]))
+                pair = (start_gateway(services, *configs[0], args.against), start_gateway(services, *configs[1]))
                 measure(load, pair, args.warmup)
                 (plain, plain_cpu), (variant, variant_cpu) = measure(load, pair, args.duration)
                 for gateway in pair:
@@ -118,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loss = 1 - plain_cpu / variant_cpu
                 rounds.append({"plain_rps": plain.rps, "plain_cpu_us": plain_cpu * 1e6, "variant_rps": variant.rps,
                                "variant_cpu_us": variant_cpu * 1e6, "loss": loss})  # fmt: skip
+                (first, _), (second, _) = configs
                 print(
-                    f"  round {number}: plain {plain.rps:,.0f} req/s, {plain_cpu * 1e6:.0f} us CPU per request; "
-                    f"{args.features} {variant.rps:,.0f} req/s, {variant_cpu * 1e6:.0f} us; loss {loss:.1%}",
+                    f"  round {number}: {first} {plain.rps:,.0f} req/s, {plain_cpu * 1e6:.0f} us CPU per request; "
+                    f"{second} {variant.rps:,.0f} req/s, {variant_cpu * 1e6:.0f} us; loss {loss:.1%}",
                     flush=True,
                 )
         except BenchError as exc:
@@ -130,14 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             services.stop_all()
     losses = sorted(r["loss"] for r in rounds)
     median = statistics.median(losses)
-    budget = BUDGETS.get(args.features)
-    verdict = "" if budget is None else f", budget {budget:.0%} -> {'MET' if median <= budget else 'NOT MET'}"
     each = ", ".join(f"{x:.1%}" for x in losses)
-    print(f"{args.features}: {median:.1%} below the plain gateway (rounds: {each}){verdict}")
+    if args.against is not None:  # loss > 0: this tree needs more CPU per request than the other one
+        print(f"{args.features}: this tree's throughput {-median:+.1%} against {args.against} (loss per round: {each})")
+    else:
+        budget = BUDGETS.get(args.features)
+        verdict = "" if budget is None else f", budget {budget:.0%} -> {'MET' if median <= budget else 'NOT MET'}"
+        print(f"{args.features}: {median:.1%} below the plain gateway (rounds: {each}){verdict}")
     output = RESULTS / f"side-by-side-{stamp}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "features": args.features,
+        "against": str(args.against) if args.against else None,
         "parts": sorted(OBSERVABILITY) if args.features == "observability" else [args.features],
     }
     output.write_text(json.dumps({**report, "rounds": rounds, "median_loss": median}, indent=2))
