@@ -225,6 +225,24 @@ class MemoryStore:
             data[key] = (new_tat, clock_now + new_tat - now + 1.0)
         return None
 
+    def peek(self, key: str) -> float | None:
+        """The number at `key` (None: absent, expired or not a number), without a coroutine."""
+        value = self._live(key)
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            return None
+
+    def reserve(self, key: str, now: float, increment_s: float, burst_s: float, most: int) -> int:
+        """Charge up to `most` increments of the GCRA at `key` at once, never more than half of what is
+        free: how many it charged (request slots leased ahead of the requests that will use them)."""
+        tat = self._tat(key, now)
+        count = min(most, int((now + burst_s - tat) / 2 / increment_s))
+        if count > 0:
+            new_tat = tat + count * increment_s
+            self._put(key, new_tat, new_tat - now + 1.0)
+        return max(count, 0)
+
     async def aclose(self) -> None:
         self._data.clear()
 

@@ -5,6 +5,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -15,7 +16,7 @@ from gateway.admission import Admission, _expected_tokens, _token_bound
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
 from gateway.state import MemoryStore, RedisStore, StateStore
-from gateway.tenants import Tenants, TenantState
+from gateway.tenants import LEASE_S, Tenants, TenantState
 from tests.context_factory import make_ctx
 from tests.fakes import FakeClock
 
@@ -315,3 +316,61 @@ async def test_a_request_over_the_bound_but_within_the_estimate_is_admitted(cloc
     await tenants.settle(a, tokens=100, cost_usd=0.0)
     with pytest.raises(TooManyRequests):
         Admission(tenants).enter(ctx)
+
+
+# -- leases (in-memory store) -----------------------------------------------------------------------
+
+
+def test_a_busy_tenant_is_admitted_from_leases_and_counted_exactly(clock: FakeClock) -> None:
+    """120,000 requests a minute: leases of 64 slots serve most requests, and a burst at one instant
+    still gets the allowance, then 429 with the wait for one slot. (To a few requests: at a wall
+    clock's magnitude a 0.5 ms step is rounded to 2.4e-7 s at each addition, with or without leases.)"""
+    store = MemoryStore(clock=clock)
+    tenants, a = make(store, clock, requests_per_minute=120_000, tokens_per_minute=10**9, usd_per_day=10.0)
+    full = 0
+    admit_now = store.admit_now
+
+    def counting(*args: Any) -> Any:
+        nonlocal full
+        full += 1
+        return admit_now(*args)
+
+    store.admit_now = counting  # type: ignore[method-assign,assignment]
+    passed = 0
+    with pytest.raises(TooManyRequests) as refused:
+        for _ in range(200_000):
+            assert tenants.check(a, 100) is None
+            passed += 1
+    assert abs(passed - 120_000) <= 12
+    assert retry_after(refused) == 1  # one slot, 0.5 ms away, rounded up to a whole second
+    assert full < passed / 10  # most requests never reached the store
+
+
+async def test_an_unused_lease_holds_back_at_most_what_the_rate_refills_in_its_time(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    tenants, a = make(store, clock, requests_per_minute=60_000)
+    await tenants.admit(a, 0)  # one request, and a lease for the next ones
+    tat = await store.get("tenant:team-a:requests")
+    assert tat is not None
+    held_s = tat - clock() - 60 / 60_000  # charged beyond the one request
+    assert 0 < held_s <= LEASE_S + 1e-9
+
+
+async def test_settling_ends_the_lease(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    tenants, a = make(store, clock, requests_per_minute=60_000, tokens_per_minute=1000, usd_per_day=1.0)
+    await tenants.admit(a, 10)
+    await tenants.admit(a, 10)  # from the lease
+    await tenants.settle(a, tokens=995, cost_usd=0.0)  # the token rate is (nearly) used up
+    with pytest.raises(TooManyRequests):
+        await tenants.admit(a, 10)
+    await tenants.settle(a, tokens=0, cost_usd=1.0)  # and the budget
+    clock.advance(60)
+    with pytest.raises(TooManyRequests, match="budget"):
+        await tenants.admit(a, 10)
+
+
+def test_slow_rates_get_no_lease(clock: FakeClock) -> None:
+    tenants, a = make(MemoryStore(clock=clock), clock, requests_per_minute=1000)  # under one slot per 50 ms
+    assert tenants.check(a, 0) is None
+    assert tenants._keys_of(a).lease is None
