@@ -145,7 +145,7 @@ class Accounting:
         return usage_from_response(document) if document is not None else None
 
     def _record(self, ctx: RequestContext, status: int, reply: Reply | None, error_type: str | None = None) -> None:
-        now = self._clock()
+        now = ctx.ended_at or self._clock()  # this runs a little after the response ended (AfterResponse)
         route = ctx.route.name if ctx.has_route else ""
         backend = reply.backend.name if reply is not None and reply.backend is not None else None
         tenant = ctx.tenant.name if ctx.tenant is not None else None
@@ -214,6 +214,7 @@ class Accounting:
                 canary=canary,
                 tenant=tenant,
                 error_type=error_type,
+                duration_s=total_s,
             )
         access_log = self._access_log
         if access_log is not None and (access_log.keeps_all or access_log.sampled()):

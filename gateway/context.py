@@ -58,6 +58,7 @@ class RequestContext:
     usage: Usage | None = None  # accounting.py
     cost_usd: float | None = None  # accounting.py
     after_response: list[Callable[[], None]] = field(default_factory=list)  # accounting, run after the last byte
+    ended_at: float = 0.0  # perf_counter when the response was handed to the server (0.0: not yet)
 
     @property
     def route(self) -> CompiledRoute:

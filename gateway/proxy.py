@@ -28,7 +28,7 @@ from gateway.errors import (
     render_error,
 )
 from gateway.feedback_api import PATH as FEEDBACK_PATH, answer_feedback
-from gateway.tasks import TaskSet
+from gateway.tasks import AfterResponse, TaskSet
 from gateway.tracing import NO_SPAN
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class DataPlane:
         self._holder = holder
         self._tasks = tasks
         self._tracing = holder.shared.tracing
+        self._after = AfterResponse()
         self._in_flight = 0  # across requests, by design: the load to shed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,8 +91,8 @@ class DataPlane:
         except GatewayError as exc:
             await _send_error(send, exc, request_id, ctx, span)
             if ctx is not None and ctx.after_response:
-                for callback in ctx.after_response:
-                    callback()
+                ctx.ended_at = time.perf_counter()
+                self._after.defer(ctx.after_response)
             else:  # refused before the pipeline (400, 413, 431): nothing else will end the span
                 span.end(exc.status, error_type=exc.kind)
             return
@@ -102,6 +103,9 @@ class DataPlane:
             span.end(500, error_type=error.kind)
             return
         await _write(ctx, reply, send, receive, self._tasks)
+        ctx.ended_at = time.perf_counter()
+        if ctx.after_response:
+            self._after.defer(ctx.after_response)
 
 
 async def _read_request(
@@ -257,8 +261,6 @@ async def _write(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tas
         await send({"type": "http.response.body", "body": reply.body})
     else:
         await _stream(ctx, reply, send, receive, tasks)
-    for callback in ctx.after_response:
-        callback()
 
 
 async def _stream(ctx: RequestContext, reply: Reply, send: Any, receive: Any, tasks: TaskSet) -> None:

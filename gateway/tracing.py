@@ -457,8 +457,10 @@ class RequestSpan:
         cache: str | None = None,
         error_type: str | None = None,
         extra: Attributes | None = None,
+        duration_s: float | None = None,
     ) -> None:
         """End the span with the response status (None: no response was sent, e.g. the client left).
+        `duration_s`: how long after its start the request ended, when that was before this call.
 
         The span's status is Error for a 5xx, no response, or an `error_type` with a 2xx or 3xx (a stream
         that broke after its headers left); a 4xx stays unset (HTTP server conventions: the client's error).
@@ -618,6 +620,7 @@ class _SampledRequest(RequestSpan):
         cache: str | None = None,
         error_type: str | None = None,
         extra: Attributes | None = None,
+        duration_s: float | None = None,
     ) -> None:
         if self._ended:
             return
@@ -659,7 +662,7 @@ class _SampledRequest(RequestSpan):
         span = self._span
         if self._route is not None:
             span.name = f"{self._name} {self._route}"
-        span.end(failed)
+        span.end(failed, duration_s)
 
 
 class AttemptSpan:
@@ -781,8 +784,8 @@ class _Span:
     def add_event(self, name: str, attributes: Attributes | None = None) -> None:
         self.events = [*self.events, Event(name, attributes, time.time_ns())]
 
-    def end(self, failed: bool = False) -> None:
-        self.end_time = time.time_ns()
+    def end(self, failed: bool = False, duration_s: float | None = None) -> None:
+        self.end_time = time.time_ns() if duration_s is None else self.start_time + int(duration_s * 1e9)
         if failed:
             self.status_code = _STATUS_ERROR
         self._tracing._export(self)

@@ -584,3 +584,13 @@ def test_decisions_outside_requests_are_internal_spans() -> None:
     assert span.events[0].attributes == {"gateway.reason": "error_rate_delta 0.3 > 0.02"}
     tracing.shutdown()
     Tracing(Telemetry()).decision("rollback", "chat", {})  # tracing off: a no-op
+
+
+def test_a_span_ended_after_its_request_keeps_the_requests_duration() -> None:
+    """Accounting runs a little after the response (AfterResponse): the span ends when the request did."""
+    tracing, exporter = memory_tracing()
+    request = start(tracing)
+    time.sleep(0.03)  # the deferred work runs later than the response's end
+    request.end(200, duration_s=0.25)
+    (span,) = finish(tracing, exporter)
+    assert span.end_time - span.start_time == 250_000_000
