@@ -34,8 +34,6 @@ import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import compress
-from operator import itemgetter
 
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
@@ -50,7 +48,6 @@ _EPS = GCRA_EPS
 _KEY_HEADERS = frozenset((b"authorization", b"x-api-key"))
 LEASE_S = 0.05  # how long request slots leased from the in-memory store last; as long as a settlement's wait
 LEASE_SLOTS = 64  # the most slots a lease holds
-_NAME = itemgetter(0)  # of a header pair
 _WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="inference-gateway"')]
 
 
@@ -91,18 +88,18 @@ def _digest(key: bytes) -> bytes:
 def _presented_key(headers: Headers) -> bytes | None:
     bearer: bytes | None = None
     api_key: bytes | None = None
-    # The headers named in _KEY_HEADERS, picked out in C (compress, map): usually one, of several.
-    for name, value in compress(headers, map(_KEY_HEADERS.__contains__, map(_NAME, headers))):
-        if name == b"authorization":
-            if value.startswith(b"Bearer "):  # the usual spelling: no general parse
-                token = value[7:].strip()
-            else:  # the scheme is case-insensitive (RFC 9110 11.1)
-                scheme, _, token = value.strip().partition(b" ")
-                token = token.strip() if scheme.lower() == b"bearer" else b""
-            if token:
-                bearer = token
-        elif value := value.strip():
-            api_key = value
+    for name, value in headers:
+        if name in _KEY_HEADERS:  # one set lookup per header, not two comparisons
+            if name == b"authorization":
+                if value.startswith(b"Bearer "):  # the usual spelling: no general parse
+                    token = value[7:].strip()
+                else:  # the scheme is case-insensitive (RFC 9110 11.1)
+                    scheme, _, token = value.strip().partition(b" ")
+                    token = token.strip() if scheme.lower() == b"bearer" else b""
+                if token:
+                    bearer = token
+            elif value := value.strip():
+                api_key = value
     return bearer if bearer is not None else api_key
 
 

@@ -59,7 +59,6 @@ import threading
 import time
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Mapping
-from operator import itemgetter
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -99,7 +98,6 @@ _SAMPLED = 0x01
 _RANDOM = 0x02  # W3C Trace Context level 2 "random-trace-id": our trace ids are random
 _ID_MASK = (1 << 64) - 1
 _HEXDIGITS = b"0123456789abcdef-"
-_NAME = itemgetter(0)  # of a header pair
 _SAMPLED_FLAGS = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_CONTEXT = SpanContext(1, 1, False, _SAMPLED_FLAGS)
 # Span kinds as OTLP numbers them (the SDK's SpanKind + 1), status codes as both do.
@@ -268,8 +266,10 @@ class Tracing:
             return RequestSpan(0, 0, 0, None, headers)
         parent: tuple[int, int, int] | None = None
         state: bytes | None = None
-        if not TRACE_HEADERS.isdisjoint(map(_NAME, headers)):  # scanned in C: most requests come without one
-            parent, state = _incoming_context(headers)
+        for key, _ in headers:
+            if key in TRACE_HEADERS:  # one set lookup per header: most requests come without a trace context
+                parent, state = _incoming_context(headers)
+                break
         bits = self._bits
         if parent is None:
             ids = bits(192)  # one draw: the trace id, then this span's id
