@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -183,26 +183,25 @@ class AccessLog:
 
     def _write(self, entries: list[bytes | tuple[Any, ...]]) -> int:
         """Runs in a worker thread. The number of entries left out because they could not be serialized."""
-        lines = []
-        for entry in entries:
-            if isinstance(entry, tuple):
-                try:
-                    entry = orjson.dumps(dict(zip(FIELDS, entry, strict=True)), default=str)
-                except Exception as exc:  # an unserializable value: drop the entry
-                    log.error("cannot serialize an access-log entry: %s", exc)
-                    continue
-            lines.append(entry)
-        if not lines:
-            return len(entries)
+        if not entries:
+            return 0
+        text = _batch_text(entries)
+        if text is None:
+            lines = list(_each_line(entries))
+            if not lines:
+                return len(entries)
+            text, written = b"\n".join(lines), len(lines)
+        else:
+            written = len(entries)
         if self.path is None:  # one record per batch: the logger's cost is per call, not per line
-            self._logger.info(b"\n".join(lines).decode())
+            self._logger.info(text.decode())
         else:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("ab")
-            self._file.write(b"\n".join(lines) + b"\n")
+            self._file.write(text + b"\n")
             self._file.flush()
-        return len(entries) - len(lines)
+        return len(entries) - written
 
     def __repr__(self) -> str:
         target = str(self.path) if self.path else "logger gateway.access"
@@ -215,3 +214,32 @@ class AccessLog:
 def _line(entry: Mapping[str, Any]) -> bytes:
     """The entry's `FIELDS`, in that order, as one JSON object; any other key is left out."""
     return orjson.dumps({key: entry[key] for key in FIELDS if key in entry}, default=str)
+
+
+_NEXT_ENTRY = b',{"%s":' % FIELDS[0].encode()  # between two entries of a serialized list, and nowhere else
+
+
+def _batch_text(entries: list[bytes | tuple[Any, ...]]) -> bytes | None:
+    """A batch of `record_values` tuples as JSON lines, from one orjson call: a list of objects, cut
+    where one object ends and the next begins. Every object starts with the key FIELDS[0], and inside
+    a string orjson escapes every quote, so `},{"time":` occurs only there. None when the batch holds
+    something else, or a value orjson cannot take: `_each_line` then goes entry by entry."""
+    if not all(isinstance(entry, tuple) for entry in entries):
+        return None
+    try:
+        text = orjson.dumps([dict(zip(FIELDS, entry, strict=True)) for entry in entries], default=str)
+    except Exception:
+        return None
+    return text[1:-1].replace(b"}" + _NEXT_ENTRY, b"}\n" + _NEXT_ENTRY[1:])
+
+
+def _each_line(entries: list[bytes | tuple[Any, ...]]) -> Iterator[bytes]:
+    """The entries one by one, leaving out (and logging) any that cannot be serialized."""
+    for entry in entries:
+        if isinstance(entry, tuple):
+            try:
+                entry = orjson.dumps(dict(zip(FIELDS, entry, strict=True)), default=str)
+            except Exception as exc:
+                log.error("cannot serialize an access-log entry: %s", exc)
+                continue
+        yield entry

@@ -150,3 +150,30 @@ async def test_the_gateways_own_values_are_serialized_by_the_writer(tmp_path: Pa
     assert list(written[0]) == list(FIELDS)
     assert written[1]["request_id"] == "req-3"
     assert (access.written, access.failed, access.dropped) == (2, 1, 0)
+
+
+async def test_a_batch_of_values_is_cut_into_lines_only_between_entries(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)))
+    access.start()
+    tricky = ['},{"time":1}', "a\nb", '"},\n{"time":', "ünï"]
+    rows = [tuple([1700000000.0 + n, tricky[n % 4], *range(len(FIELDS) - 2)]) for n in range(40)]
+    for row in rows:
+        assert access.record_values(row)
+    await access.aclose()
+    assert path.read_bytes().count(b"\n") == 40
+    assert lines(path) == [dict(zip(FIELDS, row, strict=True)) for row in rows]
+    assert (access.written, access.failed) == (40, 0)
+
+
+async def test_one_bad_value_costs_only_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)))
+    access.start()
+    rows = [tuple([float(n), f"req-{n}", *range(len(FIELDS) - 2)]) for n in range(5)]
+    rows[2] = (2**70, *rows[2][1:])  # orjson takes no integer this large
+    for row in rows:
+        access.record_values(row)
+    await access.aclose()
+    assert [w["request_id"] for w in lines(path)] == ["req-0", "req-1", "req-3", "req-4"]
+    assert (access.written, access.failed) == (4, 1)
