@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,40 @@ async def test_one_bad_value_costs_only_its_own_line(tmp_path: Path) -> None:
     await access.aclose()
     assert [w["request_id"] for w in lines(path)] == ["req-0", "req-1", "req-3", "req-4"]
     assert (access.written, access.failed) == (4, 1)
+
+
+async def test_a_tuple_of_the_wrong_length_is_dropped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)))
+    rows = [tuple([float(n), f"req-{n}", *range(len(FIELDS) - 2)]) for n in range(3)]
+    rows[1] = rows[1][:-1]
+    for row in rows:
+        access.record_values(row)
+    await access.aclose()
+    assert [w["request_id"] for w in lines(path)] == ["req-0", "req-2"]
+    assert (access.written, access.failed) == (2, 1)
+
+
+async def test_entries_arriving_during_a_write_wait_for_the_next_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady load the queue never empties: the writer must not chase it one small batch after another."""
+    batches: list[int] = []
+    write = AccessLog._write
+
+    def slow_write(self: AccessLog, entries: list[Any]) -> int:
+        batches.append(len(entries))
+        time.sleep(0.005)
+        return write(self, entries)
+
+    monkeypatch.setattr(AccessLog, "_write", slow_write)
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(AccessLogConfig(path=str(path)), flush_interval_s=0.1)
+    access.start()
+    for n in range(250):  # one entry every 2 ms for half a second
+        access.record(entry(n))
+        await asyncio.sleep(0.002)
+    await access.aclose()
+    assert len(lines(path)) == 250
+    assert sum(batches) == 250
+    assert len(batches) <= 10, batches  # about one per flush interval; chasing the queue made ~80
