@@ -1,12 +1,13 @@
 """The access log: one JSON line per request, sampled, written off the request's critical path.
 
-A request pays for a sampling draw and an append to a bounded queue: the gateway queues its entry as a
-tuple of plain values (`record_values`), and the writer's thread serializes a batch of them with
-orjson, in a warm loop (one entry serialized per request cost several times as much per entry).
-`record(entry)` takes a mapping, serialized at once. Neither blocks nor raises; when the queue is full
-the entry is dropped and counted. A background task (`start()`) drains the queue every
-`flush_interval_s` (sooner when it fills up) and writes it in a worker thread, to the configured file
-(appending) or to the `gateway.access` logger. `aclose()` stops the task and writes what is left.
+A request pays for a sampling draw and an append: the gateway hands over its entry as a tuple of plain
+values (`record_values`), and the entries of one event-loop turn are serialized together early in the
+next, by one orjson call, while they are still in the CPU's caches (one entry serialized per request
+cost several times as much per entry; a batch kept for the writer's thread was cold when it got there).
+It never blocks nor raises; when `max_queue` entries wait, the next is dropped and counted. A
+background task (`start()`) writes what waits every `flush_interval_s` (sooner when half the queue is
+full) in a worker thread, to the configured file (appending) or to the `gateway.access` logger.
+`aclose()` stops the task and writes what is left.
 
 Only the fields in `FIELDS` are written, in that order: never headers, bodies, keys or prompts.
 """
@@ -18,7 +19,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,7 +78,9 @@ class AccessLog:
         self._wake_at = max(1, max_queue // 2)
         self._interval = flush_interval_s
         self._logger = logger
-        self._queue: list[bytes | tuple[Any, ...]] = []  # serialized lines, or `record_values` tuples
+        self._fresh: list[tuple[Any, ...]] = []  # this loop turn's `record_values` entries
+        self._queue: list[bytes] = []  # serialized lines, one or more to an item
+        self._waiting = 0  # entries in `_fresh` and `_queue`
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -85,11 +88,11 @@ class AccessLog:
         self.written = 0
         self.dropped = 0  # the queue was full
         self.sampled_out = 0
-        self.failed = 0  # lost to a write error
+        self.failed = 0  # unserializable, or lost to a write error
         self._complained_at = -60.0
 
     def sampled(self) -> bool:
-        """Draw whether this request is logged, before its entry is built (then `record(..., drawn=True)`).
+        """Draw whether this request is logged, before its entry is built (then `record_values`).
 
         False also when nothing would come out: no file and the `gateway.access` logger is off.
         """
@@ -101,34 +104,44 @@ class AccessLog:
             return False
         return True
 
-    def record(self, entry: Mapping[str, Any], *, drawn: bool = False) -> bool:
-        """Queue one request's entry (sampled, unless `drawn` says `sampled()` already decided); True when
-        it was queued. Never blocks, never raises."""
-        if not drawn and not self.sampled():
-            return False
-        try:
-            line = _line(entry)
-        except Exception as exc:  # an unserializable value: drop the entry
-            self.failed += 1
-            log.error("cannot serialize an access-log entry: %s", exc)
-            return False
-        return self._queued(line)
-
     def record_values(self, values: tuple[Any, ...]) -> bool:
-        """Queue the gateway's own entry, already sampled: the values of `FIELDS`, in that order. The
-        writer's thread serializes it with the rest of its batch: a tuple of plain values is cheap to
-        build and to keep, and a batch serializes in a warm loop, where one entry per request did not."""
-        return self._queued(values)
+        """Queue the gateway's own entry, already sampled: the values of `FIELDS`, in that order. It is
+        serialized with the other entries of this event-loop turn, soon after it ends."""
+        if not self._room():
+            return False
+        fresh = self._fresh
+        if not fresh:
+            try:
+                asyncio.get_running_loop().call_soon(self._serialize)
+            except RuntimeError:  # no event loop: `_flush` serializes it
+                pass
+        fresh.append(values)
+        return True
 
-    def _queued(self, entry: bytes | tuple[Any, ...]) -> bool:
-        queue = self._queue
-        if len(queue) >= self._max_queue:
+    def _room(self) -> bool:
+        """Count one more waiting entry, or the drop of one when `max_queue` wait already."""
+        if self._waiting >= self._max_queue:
             self.dropped += 1
             return False
-        queue.append(entry)
-        if len(queue) == self._wake_at:
+        self._waiting += 1
+        if self._waiting == self._wake_at:
             self._wake.set()
         return True
+
+    def _serialize(self) -> None:
+        """The fresh entries as JSON lines, queued for the writer; unserializable ones are counted and left out."""
+        fresh, self._fresh = self._fresh, []
+        if not fresh:
+            return
+        text = _batch_text(fresh)
+        if text is None:
+            lines = list(_each_line(fresh))
+            self.failed += len(fresh) - len(lines)
+            self._waiting -= len(fresh) - len(lines)
+            if not lines:
+                return
+            text = b"\n".join(lines)
+        self._queue.append(text)
 
     def start(self) -> None:
         """Start the background writer (call from the running event loop, e.g. in lifespan startup)."""
@@ -146,7 +159,7 @@ class AccessLog:
         try:
             await asyncio.wait_for(task if task is not None else self._flush(until_empty=True), timeout_s)
         except TimeoutError:
-            log.warning("the access log did not flush within %.1fs; %d entries lost", timeout_s, len(self._queue))
+            log.warning("the access log did not flush within %.1fs; %d entries lost", timeout_s, self._waiting)
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
             self._file = None
@@ -162,37 +175,31 @@ class AccessLog:
         await self._flush(until_empty=True)  # what arrived while stopping
 
     async def _flush(self, *, until_empty: bool = False) -> None:
-        """Write what is queued now, as one batch; `until_empty`: also what arrives meanwhile. Under load
-        the queue never empties, and chasing it wrote batches of a few entries, each paying a trip to the
+        """Write what waits now, as one batch; `until_empty`: also what arrives meanwhile. Under load the
+        queue never empties, and chasing it wrote batches of a few entries, each paying a trip to the
         worker thread; what arrives during a write waits for the next wake-up instead."""
+        self._serialize()
         while self._queue:
-            entries, self._queue = self._queue, []  # taken whole: the queue may hold `max_queue` more meanwhile
+            chunks, self._queue = self._queue, []
+            entries = self._waiting - len(self._fresh)  # every serialized entry waiting is in `chunks`
+            self._waiting -= entries
             try:
-                unserializable = await asyncio.to_thread(self._write, entries)
+                await asyncio.to_thread(self._write, chunks)
             except Exception as exc:  # a full disk must not take the gateway down; say so (once a minute), go on
-                self.failed += len(entries)
+                self.failed += entries
                 now = time.monotonic()
                 if now - self._complained_at >= 60.0:
                     self._complained_at = now
                     log.error("cannot write the access log (%d lines lost so far): %s", self.failed, exc)
             else:
-                self.failed += unserializable
-                self.written += len(entries) - unserializable
+                self.written += entries
             if not until_empty:
                 return
+            self._serialize()
 
-    def _write(self, entries: list[bytes | tuple[Any, ...]]) -> int:
-        """Runs in a worker thread. The number of entries left out because they could not be serialized."""
-        if not entries:
-            return 0
-        text = _batch_text(entries)
-        if text is None:
-            lines = list(_each_line(entries))
-            if not lines:
-                return len(entries)
-            text, written = b"\n".join(lines), len(lines)
-        else:
-            written = len(entries)
+    def _write(self, chunks: list[bytes]) -> None:
+        """Runs in a worker thread."""
+        text = b"\n".join(chunks)
         if self.path is None:  # one record per batch: the logger's cost is per call, not per line
             self._logger.info(text.decode())
         else:
@@ -201,19 +208,13 @@ class AccessLog:
                 self._file = self.path.open("ab")
             self._file.write(text + b"\n")
             self._file.flush()
-        return len(entries) - written
 
     def __repr__(self) -> str:
         target = str(self.path) if self.path else "logger gateway.access"
         return (
-            f"<AccessLog {target} sample={self.sample_ratio:g} queued={len(self._queue)} "
+            f"<AccessLog {target} sample={self.sample_ratio:g} queued={self._waiting} "
             f"written={self.written} dropped={self.dropped}>"
         )
-
-
-def _line(entry: Mapping[str, Any]) -> bytes:
-    """The entry's `FIELDS`, in that order, as one JSON object; any other key is left out."""
-    return orjson.dumps({key: entry[key] for key in FIELDS if key in entry}, default=str)
 
 
 # An entry as orjson serializes fastest: a dataclass instance with a __dict__, whose attributes it writes
@@ -224,27 +225,22 @@ _Entry = dataclasses.make_dataclass("_Entry", FIELDS)
 _NEXT_ENTRY = b',{"%s":' % FIELDS[0].encode()  # between two entries of a serialized list, and nowhere else
 
 
-def _batch_text(entries: list[bytes | tuple[Any, ...]]) -> bytes | None:
-    """A batch of `record_values` tuples as JSON lines, from one orjson call: a list of objects, cut
-    where one object ends and the next begins. Every object starts with the key FIELDS[0], and inside
-    a string orjson escapes every quote, so `},{"time":` occurs only there. None when the batch holds
-    something else, or a value orjson cannot take: `_each_line` then goes entry by entry."""
-    if not all(isinstance(entry, tuple) for entry in entries):
-        return None
+def _batch_text(entries: list[tuple[Any, ...]]) -> bytes | None:
+    """`record_values` tuples as JSON lines, from one orjson call: a list of objects, cut where one
+    object ends and the next begins. Every object starts with the key FIELDS[0], and inside a string
+    orjson escapes every quote, so `},{"time":` occurs only there. None when a value cannot be
+    serialized (or a tuple has too few or too many): `_each_line` then goes entry by entry."""
     try:
-        text = orjson.dumps([_Entry(*entry) for entry in entries], default=str)  # too few or too many values raise
+        text = orjson.dumps([_Entry(*entry) for entry in entries], default=str)
     except Exception:
         return None
     return text[1:-1].replace(b"}" + _NEXT_ENTRY, b"}\n" + _NEXT_ENTRY[1:])
 
 
-def _each_line(entries: list[bytes | tuple[Any, ...]]) -> Iterator[bytes]:
+def _each_line(entries: list[tuple[Any, ...]]) -> Iterator[bytes]:
     """The entries one by one, leaving out (and logging) any that cannot be serialized."""
     for entry in entries:
-        if isinstance(entry, tuple):
-            try:
-                entry = orjson.dumps(_Entry(*entry), default=str)
-            except Exception as exc:
-                log.error("cannot serialize an access-log entry: %s", exc)
-                continue
-        yield entry
+        try:
+            yield orjson.dumps(_Entry(*entry), default=str)
+        except Exception as exc:
+            log.error("cannot serialize an access-log entry: %s", exc)

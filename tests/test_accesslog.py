@@ -36,23 +36,32 @@ def entry(n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def values(n: int, **extra: Any) -> tuple[Any, ...]:
+    """`entry(n)` as the tuple of FIELDS the gateway hands over (None for what it leaves out)."""
+    fields = entry(n, **extra)
+    return tuple(fields.get(name) for name in FIELDS)
+
+
+def log(access: AccessLog, n: int, **extra: Any) -> bool:
+    """As the gateway logs a request: a sampling draw, then its values."""
+    return access.sampled() and access.record_values(values(n, **extra))
+
+
 def lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-async def test_entries_are_written_as_json_lines_with_known_fields_only(tmp_path: Path) -> None:
+async def test_entries_are_written_as_json_lines_of_the_known_fields(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "access.jsonl"
     access = AccessLog(AccessLogConfig(path=str(path)))
     access.start()
-    secret = {"headers": [["authorization", "Bearer sk-secret"]], "body": "my prompt", "api_key": "sk-secret"}
     for n in range(3):
-        assert access.record(entry(n, **secret))
+        assert log(access, n)
     await access.aclose()
     written = lines(path)
     assert [w["request_id"] for w in written] == ["req-0", "req-1", "req-2"]
-    assert list(written[0]) == [f for f in FIELDS if f in entry(0)]  # FIELDS order, nothing else
-    assert written[0]["fallback_reason"] is None
-    assert b"sk-secret" not in path.read_bytes() and b"my prompt" not in path.read_bytes()
+    assert list(written[0]) == list(FIELDS)  # FIELDS order, nothing else
+    assert written[0]["fallback_reason"] is None and written[0]["status"] == 200
     assert (access.written, access.dropped, access.sampled_out) == (3, 0, 0)
 
 
@@ -61,7 +70,7 @@ async def test_the_writer_flushes_in_the_background(tmp_path: Path) -> None:
     access = AccessLog(AccessLogConfig(path=str(path)), flush_interval_s=0.01)
     access.start()
     try:
-        access.record(entry(1))
+        log(access, 1)
         for _ in range(200):
             await asyncio.sleep(0.01)
             if path.exists() and path.read_bytes():
@@ -77,7 +86,7 @@ async def test_a_full_queue_wakes_the_writer_early(tmp_path: Path) -> None:
     access.start()
     try:
         for n in range(2):  # half the queue: the writer is woken without waiting for its interval
-            access.record(entry(n))
+            log(access, n)
         for _ in range(200):
             await asyncio.sleep(0.01)
             if access.written == 2:
@@ -90,7 +99,7 @@ async def test_a_full_queue_wakes_the_writer_early(tmp_path: Path) -> None:
 async def test_sampling_uses_the_injected_rng(tmp_path: Path) -> None:
     path = tmp_path / "access.jsonl"
     access = AccessLog(AccessLogConfig(path=str(path), sample_ratio=0.3), rng=random.Random(42))
-    kept = [access.record(entry(n)) for n in range(1000)]
+    kept = [log(access, n) for n in range(1000)]
     await access.aclose()
     draws = random.Random(42)
     assert kept == [draws.random() < 0.3 for _ in range(1000)]
@@ -102,7 +111,7 @@ async def test_sampling_uses_the_injected_rng(tmp_path: Path) -> None:
 async def test_ratio_zero_logs_nothing(tmp_path: Path) -> None:
     path = tmp_path / "access.jsonl"
     access = AccessLog(AccessLogConfig(path=str(path), sample_ratio=0.0))
-    assert not any(access.record(entry(n)) for n in range(10))
+    assert not any(log(access, n) for n in range(10))
     await access.aclose()
     assert not path.exists()
     assert access.sampled_out == 10
@@ -111,7 +120,7 @@ async def test_ratio_zero_logs_nothing(tmp_path: Path) -> None:
 async def test_a_full_queue_drops_and_counts_and_close_flushes_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "access.jsonl"
     access = AccessLog(AccessLogConfig(path=str(path)), max_queue=5)  # never started: nothing drains
-    assert [access.record(entry(n)) for n in range(8)] == [True] * 5 + [False] * 3
+    assert [log(access, n) for n in range(8)] == [True] * 5 + [False] * 3
     assert access.dropped == 3
     assert repr(access) == f"<AccessLog {path} sample=1 queued=5 written=0 dropped=3>"
     await access.aclose()
@@ -122,7 +131,7 @@ async def test_without_a_path_entries_go_to_the_access_logger(caplog: pytest.Log
     access = AccessLog(AccessLogConfig())
     access.start()
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        access.record(entry(7, status=503, upstream_ms=None))
+        log(access, 7, status=503, upstream_ms=None)
         await access.aclose()
     (record,) = [r for r in caplog.records if r.name == "gateway.access"]
     assert orjson.loads(record.getMessage())["status"] == 503
@@ -132,24 +141,30 @@ async def test_a_write_error_is_counted_not_raised(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     access = AccessLog(AccessLogConfig(path=str(blocker / "access.jsonl")))
-    access.record(entry(1))
+    log(access, 1)
     await access.aclose()
     assert (access.written, access.failed) == (0, 1)
 
 
-async def test_the_gateways_own_values_are_serialized_by_the_writer(tmp_path: Path) -> None:
+async def test_the_entries_of_one_loop_turn_are_serialized_together_right_after_it(tmp_path: Path) -> None:
     path = tmp_path / "access.jsonl"
     access = AccessLog(AccessLogConfig(path=str(path)))
     access.start()
-    values = tuple(range(len(FIELDS)))
-    assert access.record_values(values)
-    assert access.record_values((2**70, *values[1:]))  # past what JSON numbers carry here: dropped, counted
-    assert access.record(entry(3))  # mappings and value tuples share the queue, in order
+    row = tuple(range(len(FIELDS)))
+    assert access.record_values(row)
+    assert access.record_values((2**70, *row[1:]))  # past what JSON numbers carry here: dropped, counted
+    assert log(access, 3)
+    assert repr(access) == f"<AccessLog {path} sample=1 queued=3 written=0 dropped=0>"
+    await asyncio.sleep(0)  # the next turn: one serialization for the three, before any write
+    assert access._queue == [
+        orjson.dumps(dict(zip(FIELDS, row, strict=True)))
+        + b"\n"
+        + orjson.dumps(dict(zip(FIELDS, values(3), strict=True)))
+    ]
+    assert (access.written, access.failed) == (0, 1)
     await access.aclose()
     written = lines(path)
-    assert written[0] == dict(zip(FIELDS, values, strict=True))
-    assert list(written[0]) == list(FIELDS)
-    assert written[1]["request_id"] == "req-3"
+    assert written == [dict(zip(FIELDS, row, strict=True)), dict(zip(FIELDS, values(3), strict=True))]
     assert (access.written, access.failed, access.dropped) == (2, 1, 0)
 
 
@@ -199,17 +214,17 @@ async def test_entries_arriving_during_a_write_wait_for_the_next_batch(
     batches: list[int] = []
     write = AccessLog._write
 
-    def slow_write(self: AccessLog, entries: list[Any]) -> int:
-        batches.append(len(entries))
+    def slow_write(self: AccessLog, chunks: list[bytes]) -> None:
+        batches.append(sum(chunk.count(b"\n") + 1 for chunk in chunks))
         time.sleep(0.005)
-        return write(self, entries)
+        write(self, chunks)
 
     monkeypatch.setattr(AccessLog, "_write", slow_write)
     path = tmp_path / "access.jsonl"
     access = AccessLog(AccessLogConfig(path=str(path)), flush_interval_s=0.1)
     access.start()
     for n in range(250):  # one entry every 2 ms for half a second
-        access.record(entry(n))
+        log(access, n)
         await asyncio.sleep(0.002)
     await access.aclose()
     assert len(lines(path)) == 250
