@@ -169,6 +169,7 @@ def _incoming_context(headers: Headers) -> tuple[tuple[int, int, int] | None, by
 
 
 _FLAGS = tuple(b"-%02x" % flags for flags in range(256))
+_UNSAMPLED_ROOT = _FLAGS[_RANDOM]  # the flags of a trace the gateway starts and does not sample
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
@@ -222,6 +223,7 @@ class Tracing:
         self.content_limit = content_limit
         self._bits: Callable[[int], int] = rng.getrandbits if rng is not None else random.getrandbits
         self._sampling = _sampling(config, env)
+        self._unsampled_from = max(1, self._sampling.bound)
         self.kind: str = kind
         self.enabled = False
         self.endpoint: str | None = None
@@ -263,7 +265,7 @@ class Tracing:
         `host` and `user-agent` are read.
         """
         if not self.enabled:
-            return RequestSpan(0, 0, 0, None, headers)
+            return RequestSpan(None, None, headers)
         parent: tuple[int, int, int] | None = None
         state: bytes | None = None
         for key, _ in headers:
@@ -273,15 +275,18 @@ class Tracing:
         bits = self._bits
         if parent is None:
             ids = bits(192)  # one draw: the trace id, then this span's id
+            # The ratio rule of `_Sampling.sampled`, inlined. Ids of zero are invalid (W3C), and go the long way:
+            # the trace id's low half is at least 1 here, so the trace id is not zero.
+            if (ids >> 64) & _ID_MASK >= self._unsampled_from and ids & _ID_MASK:
+                # Unsampled, the usual case: all it needs is its traceparent, formatted from the draw as it is.
+                return RequestSpan(b"00-" + hexlify(ids.to_bytes(24, "big"), b"-", -16) + _UNSAMPLED_ROOT, None, None)
             trace_id, span_id = ids >> 64 or 1, ids & _ID_MASK or 1
-            if (trace_id & _ID_MASK) >= self._sampling.bound:  # the ratio rule of `_Sampling.sampled`, inlined
-                return RequestSpan(trace_id, span_id, _RANDOM, None, None)
-            flags = _RANDOM
+            if not self._sampling.sampled(trace_id, None):
+                return RequestSpan(format_traceparent(trace_id, span_id, _RANDOM), None, None)
         else:
             trace_id, span_id = parent[0], bits(64) or 1
-            flags = parent[2] & _RANDOM
-            if not self._sampling.sampled(trace_id, parent[2]):
-                return RequestSpan(trace_id, span_id, flags, state, None)
+            if not self._sampling.sampled(trace_id, parent[2]):  # the client's random-trace-id flag carries on
+                return RequestSpan(format_traceparent(trace_id, span_id, parent[2] & _RANDOM), state, None)
         attributes = _server_attributes(method, path, scheme, headers, client_ip, server)
         name = method if method in KNOWN_METHODS else "HTTP"
         span = _Span(self, name, _SERVER, trace_id, span_id, attributes)
@@ -372,23 +377,27 @@ class RequestSpan:
     carries the trace context, and every recording method is a no-op. Sampled requests get `_SampledRequest`.
     """
 
-    __slots__ = ("_incoming", "_state", "flags", "span_id", "trace_id", "traceparent")
+    __slots__ = ("_incoming", "_state", "traceparent")
 
     recording = False  # whether attributes and events are kept (the request is sampled)
 
-    def __init__(self, trace_id: int, span_id: int, flags: int, state: bytes | None, incoming: Headers | None) -> None:
-        self.trace_id = trace_id  # 0 when tracing is off
-        self.span_id = span_id
-        self.flags = flags
+    def __init__(self, traceparent: bytes | None, state: bytes | None, incoming: Headers | None) -> None:
+        # The W3C `traceparent` of this SERVER span, for the response and, unsampled, upstream; None when
+        # tracing is off. Every request sends it, so it is formatted at once; the ids are read from it.
+        self.traceparent = traceparent
         self._state = state  # the client's tracestate, passed on unchanged
         self._incoming = incoming  # tracing off: the client's trace headers pass through upstream unchanged
-        # The W3C `traceparent` of this SERVER span, for the response and, unsampled, upstream; None when
-        # tracing is off. Every request sends it, so it is formatted now rather than on first use.
-        self.traceparent = (  # format_traceparent, inlined
-            b"00-" + hexlify((trace_id << 64 | span_id).to_bytes(24, "big"), b"-", -16) + _FLAGS[flags]
-            if trace_id
-            else None
-        )
+
+    @property
+    def trace_id(self) -> int:
+        """0 when tracing is off."""
+        traceparent = self.traceparent
+        return int(traceparent[3:35], 16) if traceparent is not None else 0
+
+    @property
+    def span_id(self) -> int:
+        traceparent = self.traceparent
+        return int(traceparent[36:52], 16) if traceparent is not None else 0
 
     @property
     def trace_id_hex(self) -> str | None:
@@ -479,7 +488,7 @@ class _SampledRequest(RequestSpan):
     recording = True
 
     def __init__(self, tracing: Tracing, span: _Span, state: bytes | None, name: str, path: str) -> None:
-        super().__init__(span.trace_id, span.span_id, _SAMPLED, state, None)
+        super().__init__(format_traceparent(span.trace_id, span.span_id, _SAMPLED), state, None)
         self._tracing = tracing
         self._span = span
         self._name = name
@@ -535,8 +544,9 @@ class _SampledRequest(RequestSpan):
                 attributes["gen_ai.request.model"] = requested
         name = method if method in KNOWN_METHODS else "HTTP"
         tracing = self._tracing
-        span = _Span(tracing, name, _CLIENT, self.trace_id, tracing._bits(64) or 1, attributes)
-        span.parent_id = self.span_id
+        server = self._span
+        span = _Span(tracing, name, _CLIENT, server.trace_id, tracing._bits(64) or 1, attributes)
+        span.parent_id = server.span_id
         span.trace_state = self._span.trace_state
         return _SampledAttempt(self, span)
 
@@ -811,7 +821,7 @@ class _Span:
         )
 
 
-NO_SPAN = RequestSpan(0, 0, 0, None, None)  # a no-op span, also for answers given before any span starts
+NO_SPAN = RequestSpan(None, None, None)  # a no-op span, also for answers given before any span starts
 
 
 def _bounded(work: Callable[[], object], timeout_s: float) -> bool:
