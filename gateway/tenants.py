@@ -29,11 +29,13 @@ it read still hold (`_Lease`). A lease that goes unused delays the tenant by 50 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
@@ -42,6 +44,20 @@ from gateway.types import Clock, Headers
 
 __all__ = ["TenantState", "Tenants"]
 
+
+def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
+    """CPython's own SHA-256, which hashlib falls back on: without OpenSSL's per-call set-up (an EVP
+    context made, copied and freed) it took authentication from 2.0 to 1.2 us a request in the running
+    gateway (perf, Python 3.12). hashlib's when the build has none."""
+    for module in ("_sha2", "_sha256"):  # Python 3.12 and later, 3.11
+        try:
+            return cast("Callable[[bytes], hashlib._Hash]", importlib.import_module(module).sha256)
+        except (ImportError, AttributeError):
+            continue
+    return hashlib.sha256
+
+
+_sha256 = _builtin_sha256()
 _DAY_S = 86_400.0
 _MINUTE_S = 60.0
 _EPS = GCRA_EPS
@@ -82,7 +98,7 @@ class TenantState:
 
 
 def _digest(key: bytes) -> bytes:
-    return hashlib.sha256(key).digest()
+    return _sha256(key).digest()
 
 
 def _presented_key(headers: Headers) -> bytes | None:
@@ -242,7 +258,7 @@ class Tenants:
                 "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 headers=list(_WWW_AUTHENTICATE),
             )
-        tenant = self._by_digest.get(hashlib.sha256(key).digest())  # `_digest`, inlined: every request
+        tenant = self._by_digest.get(_sha256(key).digest())  # `_digest`, inlined: every request
         if tenant is None:
             raise Unauthorized("unknown API key", headers=list(_WWW_AUTHENTICATE))
         return tenant

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from gateway.admission import Admission, _expected_tokens, _token_bound
 from gateway.config import Tenant
 from gateway.errors import TooManyRequests, Unauthorized
 from gateway.state import MemoryStore, RedisStore, StateStore
-from gateway.tenants import LEASE_S, Tenants, TenantState
+from gateway.tenants import LEASE_S, Tenants, TenantState, _digest, _sha256
 from tests.context_factory import make_ctx
 from tests.fakes import FakeClock
 
@@ -73,6 +74,12 @@ def retry_after(exc: pytest.ExceptionInfo[TooManyRequests]) -> int:
 
 
 # -- authentication ---------------------------------------------------------------------------------
+
+
+def test_keys_are_digested_with_sha256() -> None:
+    assert _sha256 is not hashlib.sha256  # CPython's builtin one, here
+    for key in (b"", b"key-a1", "ключ".encode(), bytes(range(256)) * 3):
+        assert _digest(key) == hashlib.sha256(key).digest()
 
 
 def test_no_tenants_configured_means_no_authentication() -> None:
