@@ -65,3 +65,6 @@ class AfterResponse:
                     callback()
                 except Exception:
                     log.exception("after-response work failed")
+            # The callbacks close over the request's context, which holds this list: a cycle that only the
+            # cyclic GC would free, along with all the request's objects. Emptied, refcounting frees them now.
+            callbacks.clear()

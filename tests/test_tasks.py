@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
+from collections.abc import Callable
 
 import pytest
 
@@ -38,3 +41,25 @@ async def test_one_failing_callback_is_logged_and_the_rest_still_run(caplog: pyt
         await asyncio.sleep(0)
     assert ran == ["same request", "next request"]
     assert "after-response work failed" in caplog.text
+
+
+class _Request:  # as a RequestContext: it holds the list of callbacks, which close over it
+    def __init__(self, ran: list[_Request]) -> None:
+        self.callbacks: list[Callable[[], None]] = [lambda: ran.append(self)]
+
+
+async def test_run_callbacks_are_dropped_so_what_they_close_over_is_freed_without_the_cyclic_gc() -> None:
+    after = AfterResponse()
+    ran: list[_Request] = []
+    request = _Request(ran)
+    gone = weakref.ref(request)
+    gc.disable()
+    try:
+        after.defer(request.callbacks)
+        await asyncio.sleep(0)
+        assert ran == [request] and request.callbacks == []
+        ran.clear()
+        del request
+        assert gone() is None  # freed by refcounting, with the cyclic GC off
+    finally:
+        gc.enable()
