@@ -135,12 +135,18 @@ class _StoreKeys:
         "lease",
         "lease_slots",
         "request_steps",
+        "token_cap",
+        "token_s",
         "tokens",
     )
 
     def __init__(self, prefix: str, tenant: TenantState) -> None:
         requests = f"{prefix}{tenant.name}:requests"
         self.tokens = f"{prefix}{tenant.name}:tokens"
+        # A token's share of the token rate's minute (0.0 without a token rate), and the most tokens a
+        # request is checked for (its whole allowance).
+        self.token_s = _MINUTE_S / tenant.tokens_per_minute if tenant.tokens_per_minute else 0.0
+        self.token_cap = tenant.tokens_per_minute or 0
         per_minute = tenant.requests_per_minute
         # The admission's charge for a request slot: 60/N seconds of the minute.
         self.request_steps: tuple[RateStep, ...] = (
@@ -273,13 +279,12 @@ class Tenants:
         With the in-memory store that is decided at once (None: admitted); with another store this
         returns the awaitable that decides.
         """
-        keys = self._keys_of(tenant)
+        keys = self._keys.get(tenant.name) or self._keys_of(tenant)
         now = self._clock()
-        per_minute = tenant.tokens_per_minute
         tokens_s = 0.0  # the estimate's share of the token rate's minute
-        if per_minute is not None and estimated_tokens > 0:
+        if estimated_tokens > 0 and keys.token_s:
             # More than the whole allowance passes only with a full bucket; the estimate is never charged.
-            tokens_s = (estimated_tokens if estimated_tokens < per_minute else per_minute) * _MINUTE_S / per_minute
+            tokens_s = (estimated_tokens if estimated_tokens < keys.token_cap else keys.token_cap) * keys.token_s
         lease = keys.lease
         if (
             lease is not None
