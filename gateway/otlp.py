@@ -60,21 +60,27 @@ _MAX_PAIRS = 4096
 class _PairCache(dict[tuple[str, type, Any], bytes]):
     """Encoded attributes (`KeyValue`s, length-prefixed) by (key, value type, value). A lookup that
     misses encodes the pair, and keeps it unless its value is a float (a cost, a duration: they
-    rarely repeat). The event loop encodes the gateway's spans, an exporter's thread any
-    `ReadableSpan`s; a race can only encode a pair twice. Emptied when full, so a high-cardinality
-    attribute costs a re-encode, never memory."""
+    rarely repeat). Exporters' threads encode; a race can only encode a pair twice. Emptied when
+    full, so a high-cardinality attribute costs a re-encode, never memory."""
 
     def __missing__(self, entry: tuple[str, type, Any]) -> bytes:
         key, kind, value = entry
+        if kind is float:  # not kept, as floats rarely repeat: the key's part is, and the value packed onto it
+            head = _FLOAT_HEADS.get(key)
+            if head is None:
+                head = _prefixed(_pair(key, 0.0))[:-8]  # a double is 8 bytes whatever its value: only they differ
+                if len(_FLOAT_HEADS) < _MAX_PAIRS:
+                    _FLOAT_HEADS[key] = head
+            return head + _double(value)
         encoded = _prefixed(_pair(key, value))
-        if kind is not float:
-            if len(self) >= _MAX_PAIRS:
-                self.clear()
-            self[entry] = encoded
+        if len(self) >= _MAX_PAIRS:
+            self.clear()
+        self[entry] = encoded
         return encoded
 
 
 _PAIRS = _PairCache()
+_FLOAT_HEADS: dict[str, bytes] = {}  # a float attribute's encoding up to its 8 value bytes, by key
 
 
 class SpanRecord(Protocol):

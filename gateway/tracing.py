@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import random
@@ -488,7 +489,10 @@ class _SampledRequest(RequestSpan):
     recording = True
 
     def __init__(self, tracing: Tracing, span: _Span, state: bytes | None, name: str, path: str) -> None:
-        super().__init__(format_traceparent(span.trace_id, span.span_id, _SAMPLED), state, None)
+        # RequestSpan.__init__, inlined: as much again as setting its three slots.
+        self.traceparent = format_traceparent(span.trace_id, span.span_id, _SAMPLED)
+        self._state = state
+        self._incoming = None
         self._tracing = tracing
         self._span = span
         self._name = name
@@ -714,7 +718,7 @@ class _SampledAttempt(AttemptSpan):
     recording = True
 
     def __init__(self, request: RequestSpan, span: _Span) -> None:
-        super().__init__(request)
+        self._request = request  # AttemptSpan.__init__, inlined
         self._span = span
         self._ended = False
 
@@ -923,7 +927,7 @@ def _server_attributes(
         elif key == b"user-agent":
             attributes["user_agent.original"] = value.decode("latin-1")
     if host:
-        address, port = _split_host(host.decode("latin-1"), scheme)
+        address, port = _split_host(host, scheme)
         attributes["server.address"] = address
         if port is not None:
             attributes["server.port"] = port
@@ -962,16 +966,19 @@ def _set_method(attributes: dict[str, AttributeValue], method: str) -> None:
         attributes["http.request.method_original"] = method
 
 
-def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
+@functools.lru_cache(maxsize=256)  # a client sends the same Host again and again
+def _split_host(host: bytes, scheme: str) -> tuple[str, int | None]:
     default = 443 if scheme == "https" else 80
-    if host.startswith("["):  # [IPv6]:port
-        address, _, rest = host[1:].partition("]")
+    text = host.decode("latin-1")
+    if text.startswith("["):  # [IPv6]:port
+        address, _, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
     else:
-        address, _, port = host.partition(":")
+        address, _, port = text.partition(":")
     return address, int(port) if port.isdigit() else default
 
 
+@functools.lru_cache(maxsize=256)  # an API's paths are few
 def _operation(path: str) -> str | None:
     path = path.rstrip("/")
     for suffix, operation in _OPERATIONS:

@@ -116,6 +116,14 @@ def test_long_and_non_ascii_values_get_multi_byte_lengths() -> None:
     assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
 
 
+def test_floats_are_packed_onto_their_keys_encoding() -> None:
+    # A float's key is encoded once and kept; each value is packed onto it (a short key and one whose
+    # length takes two bytes).
+    long_key = "gateway." + "k" * 150
+    spans = [span(i + 1, attributes={"cost": i / 7, long_key: -i * 1e300, "n": 1.0}) for i in range(3)]
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
+
+
 def test_repeated_and_high_cardinality_attributes_encode_the_same_every_time() -> None:
     # Values are cached by key and value; past the cache's size it starts over, with the same output.
     spans = [
