@@ -15,10 +15,18 @@ from typing import Any
 import orjson
 
 from gateway.accesslog import AccessLog
-from gateway.config import Price
 from gateway.context import Reply, RequestContext
 from gateway.contract_check import ContractStats
-from gateway.cost import CostLedger, Usage, cost_usd, estimate_usage, usage_from_chunk, usage_from_response, waste_usd
+from gateway.cost import (
+    CostLedger,
+    Rates,
+    Usage,
+    cost_usd,
+    estimate_usage,
+    usage_from_chunk,
+    usage_from_response,
+    waste_usd,
+)
 from gateway.errors import GatewayError
 from gateway.latency import LatencyBook
 from gateway.metrics import Metrics
@@ -91,7 +99,7 @@ class Accounting:
         contract_stats: ContractStats,
         tenants: Tenants,
         tasks: TaskSet,
-        prices: dict[tuple[str, str], Price | None],
+        prices: dict[tuple[str, str], Rates | None],
         access_log: AccessLog | None = None,
         watch: ModelWatch | None = None,
         clock: Clock = time.perf_counter,

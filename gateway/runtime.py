@@ -25,7 +25,7 @@ from gateway.audit import AuditLog
 from gateway.canary import BackendChooser, WeightTable
 from gateway.config import GatewayConfig, Telemetry
 from gateway.contract_check import ContractCheck, ContractStats, compile_contracts
-from gateway.cost import CostLedger
+from gateway.cost import CostLedger, Rates
 from gateway.events import EventLog
 from gateway.feedback import FeedbackStore
 from gateway.forward import Forwarder, TrustedProxies
@@ -146,7 +146,7 @@ def build_runtime(config: GatewayConfig, shared: Shared, base_dir: Path) -> Runt
         book.retain(names)
     shared.analyzer.configure(config.routes)
     tenants = Tenants.from_config(config.tenants, store=shared.store)
-    prices = {(r.name, b.name): b.price for r in config.routes for b in r.backends}
+    prices = {(r.name, b.name): Rates.of(b.price) for r in config.routes for b in r.backends}
     accounting = Accounting(
         latency=shared.latency,
         ledger=shared.ledger,

@@ -18,7 +18,7 @@ import orjson
 
 from gateway.config import Shadow
 from gateway.context import Attempt, Reply, RequestContext
-from gateway.cost import cost_usd, usage_from_response
+from gateway.cost import Rates, cost_usd, usage_from_response
 from gateway.errors import UpstreamError
 from gateway.forward import Forwarder, request_body
 from gateway.routing import CompiledRoute
@@ -123,7 +123,7 @@ class ShadowMirror:
             stats.contract_checked += 1
             stats.contract_ok += 1  # a violation would have raised UpstreamBadResponse above
         document = reply.document if reply.document is not None else _parse(body)
-        stats.cost_usd += cost_usd(backend.config.price, usage_from_response(document), elapsed)
+        stats.cost_usd += cost_usd(Rates.of(backend.config.price), usage_from_response(document), elapsed)
         predict = self._predictions.get(route.name)
         if predict is not None:
             mine = predict(primary.document if primary.document is not None else _parse(primary.body))

@@ -6,6 +6,7 @@ import pytest
 from gateway.config import Price
 from gateway.cost import (
     CostLedger,
+    Rates,
     Usage,
     cost_usd,
     estimate_usage,
@@ -101,13 +102,13 @@ def test_estimates_are_marked_and_about_four_chars_a_token() -> None:
     ],
 )
 def test_cost_for_each_price_kind(price: Price | None, usage: Usage | None, upstream_s: float, expected: float) -> None:
-    assert cost_usd(price, usage, upstream_s) == pytest.approx(expected)
+    assert cost_usd(Rates.of(price), usage, upstream_s) == pytest.approx(expected)
 
 
 def test_waste_is_time_and_request_price_only() -> None:
     price = Price(input_per_1k_tokens=1.0, output_per_1k_tokens=1.0, per_second=0.01, per_request=0.003)
-    assert waste_usd(price, 2.0) == pytest.approx(0.023)
-    assert waste_usd(Price(input_per_1k_tokens=1.0), 2.0) == 0.0
+    assert waste_usd(Rates.of(price), 2.0) == pytest.approx(0.023)
+    assert waste_usd(Rates.of(Price(input_per_1k_tokens=1.0)), 2.0) == 0.0
     assert waste_usd(None, 2.0) == 0.0
 
 
@@ -117,13 +118,13 @@ def test_stream_billed_from_final_usage_chunk() -> None:
     for chunk in (ORDINARY_CHUNK, ORDINARY_CHUNK, USAGE_CHUNK):
         usage = usage_from_sse_data(orjson.dumps(chunk)) or usage
     assert usage == Usage(12, 40)
-    assert cost_usd(price, usage, 3.0) == pytest.approx(12 * 0.0005 + 40 * 0.0015)
+    assert cost_usd(Rates.of(price), usage, 3.0) == pytest.approx(12 * 0.0005 + 40 * 0.0015)
 
 
 def test_ledger_bills_only_the_answering_attempt_and_records_waste() -> None:
     ledger = CostLedger()
-    v1 = Price(per_second=0.01, per_request=0.001)
-    v2 = Price(input_per_1k_tokens=0.5, output_per_1k_tokens=1.5)
+    v1 = Rates.of(Price(per_second=0.01, per_request=0.001))
+    v2 = Rates.of(Price(input_per_1k_tokens=0.5, output_per_1k_tokens=1.5))
     # Attempt 1 on v1 times out after 2 s; attempt 2 on v2 answers.
     ledger.record_waste("chat", "v1", "team-a", waste_usd(v1, 2.0))
     usage = usage_from_response(CHAT_RESPONSE)
