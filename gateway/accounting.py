@@ -129,7 +129,7 @@ class Accounting:
             answered = reply.attempt
             usage, cost = self._price(ctx, reply, self._clock() - answered.started_at if answered else 0.0)
             ctx.usage, ctx.cost_usd = usage, cost
-            reply.headers.append((COST_HEADER, f"{cost:.8f}".rstrip("0").rstrip(".").encode() or b"0"))
+            reply.headers.append((COST_HEADER, (b"%.8f" % cost).rstrip(b"0").rstrip(b".") or b"0"))
         ctx.after_response.append(lambda: self._record(ctx, reply.status, reply))
         return reply
 
