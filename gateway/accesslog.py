@@ -107,8 +107,12 @@ class AccessLog:
     def record_values(self, values: tuple[Any, ...]) -> bool:
         """Queue the gateway's own entry, already sampled: the values of `FIELDS`, in that order. It is
         serialized with the other entries of this event-loop turn, soon after it ends."""
-        if not self._room():
+        if self._waiting >= self._max_queue:
+            self.dropped += 1
             return False
+        self._waiting += 1
+        if self._waiting == self._wake_at:
+            self._wake.set()
         fresh = self._fresh
         if not fresh:
             try:
@@ -116,16 +120,6 @@ class AccessLog:
             except RuntimeError:  # no event loop: `_flush` serializes it
                 pass
         fresh.append(values)
-        return True
-
-    def _room(self) -> bool:
-        """Count one more waiting entry, or the drop of one when `max_queue` wait already."""
-        if self._waiting >= self._max_queue:
-            self.dropped += 1
-            return False
-        self._waiting += 1
-        if self._waiting == self._wake_at:
-            self._wake.set()
         return True
 
     def _serialize(self) -> None:

@@ -43,10 +43,11 @@ class _Gates:
         self._next = call_next
 
     def __call__(self, ctx: RequestContext) -> Awaitable[Reply]:
-        for index, enter in enumerate(self._enters):
+        enters = self._enters
+        for enter in enters:
             pending = enter(ctx)
-            if pending is not None:
-                return self._after(pending, index + 1, ctx)
+            if pending is not None:  # rare: look up where to go on only then
+                return self._after(pending, enters.index(enter) + 1, ctx)
         return self._next(ctx)
 
     async def _after(self, pending: Awaitable[None], index: int, ctx: RequestContext) -> Reply:
