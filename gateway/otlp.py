@@ -7,7 +7,7 @@ protobuf runtime still cost ~32 us, most of it in creating a Python object per f
 writes the protobuf wire format itself (varints, lengths, fixed64 times): the messages involved are
 small and stable (opentelemetry-proto's trace, common and resource messages), and most attributes
 repeat from span to span (route, method, backend, server address), so each distinct key and value
-is encoded once and kept (`_PAIRS`): ~12 us for the same two spans (31 attributes). tests/test_otlp.py
+is encoded once and kept (`_PAIRS`): ~7 us for the same two spans (30 attributes). tests/test_otlp.py
 decodes the output with opentelemetry-proto and compares it with the SDK's encoder for every kind of
 value.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -56,6 +56,8 @@ _double = struct.Struct("<d").pack
 
 _MAX_PAIRS = 4096
 
+_AttributesEncoder = Callable[[bytes, Mapping[str, Any] | None], bytes]
+
 
 class _PairCache(dict[tuple[str, type, Any], bytes]):
     """Encoded attributes (`KeyValue`s, length-prefixed) by (key, value type, value). A lookup that
@@ -65,21 +67,44 @@ class _PairCache(dict[tuple[str, type, Any], bytes]):
 
     def __missing__(self, entry: tuple[str, type, Any]) -> bytes:
         key, kind, value = entry
-        if kind is float:  # not kept, as floats rarely repeat: the key's part is, and the value packed onto it
-            head = _FLOAT_HEADS.get(key)
-            if head is None:
-                head = _prefixed(_pair(key, 0.0))[:-8]  # a double is 8 bytes whatever its value: only they differ
-                if len(_FLOAT_HEADS) < _MAX_PAIRS:
-                    _FLOAT_HEADS[key] = head
-            return head + _double(value)
-        encoded = _prefixed(_pair(key, value))
-        if len(self) >= _MAX_PAIRS:
-            self.clear()
-        self[entry] = encoded
-        return encoded
+        if kind is float:
+            return _float_pair(key, value)
+        return _kept(self, entry, _prefixed(_pair(key, value)))
+
+
+class _OwnPairCache(dict[tuple[str, Any], bytes]):
+    """As `_PairCache`, for the gateway's own span records, by (key, value) alone: the pairs a dict's
+    items() yields, looked up without a tuple built per attribute, at half the cost. Without the type
+    in the key, True would find 1's encoding (they are equal) under a key that took both; none of the
+    gateway's attributes does (each of its keys has one type: tests/test_otlp.py checks it), while
+    other spans' attributes, which may, go through `_PairCache`."""
+
+    def __missing__(self, entry: tuple[str, Any]) -> bytes:
+        key, value = entry
+        if value.__class__ is float:
+            return _float_pair(key, value)
+        return _kept(self, entry, _prefixed(_pair(key, value)))
+
+
+def _kept(cache: dict[Any, bytes], entry: Any, encoded: bytes) -> bytes:
+    if len(cache) >= _MAX_PAIRS:
+        cache.clear()
+    cache[entry] = encoded
+    return encoded
+
+
+def _float_pair(key: str, value: float) -> bytes:
+    """A float attribute, not kept, as floats rarely repeat: the key's part is, and the value packed onto it."""
+    head = _FLOAT_HEADS.get(key)
+    if head is None:
+        head = _prefixed(_pair(key, 0.0))[:-8]  # a double is 8 bytes whatever its value: only they differ
+        if len(_FLOAT_HEADS) < _MAX_PAIRS:
+            _FLOAT_HEADS[key] = head
+    return head + _double(value)
 
 
 _PAIRS = _PairCache()
+_OWN_PAIRS = _OwnPairCache()
 _FLOAT_HEADS: dict[str, bytes] = {}  # a float attribute's encoding up to its 8 value bytes, by key
 
 
@@ -185,9 +210,9 @@ def encode_spans(
 
     for span in spans:
         if isinstance(span, ReadableSpan):
-            group(span.resource, span.instrumentation_scope).append(_span_field(ReadableRecord(span)))
+            group(span.resource, span.instrumentation_scope).append(_span_field(ReadableRecord(span), _attributes))
         else:
-            group(resource, scope).append(_span_field(span))
+            group(resource, scope).append(_span_field(span, _own_attributes))
     parts: list[bytes] = []
     for owner, by_scope in groups.values():
         body = [b"\x0a", _prefixed(_attributes(b"\x0a", owner.attributes))]  # ResourceSpans.resource
@@ -214,11 +239,11 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return b"".join(parts)
 
 
-def _span_field(span: SpanRecord) -> bytes:
-    return b"\x12" + _prefixed(_span(span))  # ScopeSpans.spans
+def _span_field(span: SpanRecord, attributes: _AttributesEncoder) -> bytes:
+    return b"\x12" + _prefixed(_span(span, attributes))  # ScopeSpans.spans
 
 
-def _span(span: SpanRecord) -> bytes:
+def _span(span: SpanRecord, encode_attributes: _AttributesEncoder) -> bytes:
     """A `Span` message's body, its fields in field-number order as protobuf runtimes write them."""
     parts = [b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big")]
     trace_state = span.trace_state
@@ -237,14 +262,14 @@ def _span(span: SpanRecord) -> bytes:
         parts += (b"\x39", _fixed64(span.start_time))
     if span.end_time:
         parts += (b"\x41", _fixed64(span.end_time))
-    parts.append(_attributes(b"\x4a", span.attributes))
+    parts.append(encode_attributes(b"\x4a", span.attributes))
     if span.dropped_attributes:
         parts += (b"\x50", _varint(span.dropped_attributes))
     for event in span.events:
         body = [b"\x09", _fixed64(event.timestamp)] if event.timestamp else []
         if event.name:
             body += (b"\x12", _prefixed(event.name.encode()))
-        body.append(_attributes(b"\x1a", event.attributes))
+        body.append(encode_attributes(b"\x1a", event.attributes))
         parts += (b"\x5a", _prefixed(b"".join(body)))
     if span.dropped_events:
         parts += (b"\x60", _varint(span.dropped_events))
@@ -277,6 +302,16 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         return tag + tag.join(map(_PAIRS.__getitem__, zip(attributes, map(type, values), values, strict=True)))
     except TypeError:  # a value that cannot be a dict key (a list)
         return tag + tag.join([_prefixed(_pair(key, value)) for key, value in attributes.items()])
+
+
+def _own_attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    """`_attributes` for the gateway's own records (see `_OwnPairCache`)."""
+    if not attributes:
+        return b""
+    try:
+        return tag + tag.join(map(_OWN_PAIRS.__getitem__, attributes.items()))
+    except TypeError:  # a list
+        return _attributes(tag, attributes)
 
 
 def _pair(key: str, value: Any) -> bytes:

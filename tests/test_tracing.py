@@ -594,3 +594,25 @@ def test_a_span_ended_after_its_request_keeps_the_requests_duration() -> None:
     request.end(200, duration_s=0.25)
     (span,) = finish(tracing, exporter)
     assert span.end_time - span.start_time == 250_000_000
+
+
+def test_each_attribute_key_the_gateway_sets_has_one_type() -> None:
+    """otlp._OwnPairCache caches the gateway's attributes by (key, value): under a key that took both
+    True and 1 (equal, as Python compares them), one would be exported with the other's type."""
+    tracing, exporter = memory_tracing(capture_content=True)
+    run_request(tracing)
+    request = start(tracing)
+    request.set_route("embed", None, "/v1/embeddings")
+    request.set_request_model("e5")
+    hedge = request.attempt("v3", "POST", "http://127.0.0.1:9003/v1/embeddings", 3, hedge=True)
+    hedge.end(503, extra={"gateway.hedge.won": False})
+    request.end(None, attempts=3, cost_usd=0.0, tenant="team-a", cache="miss", error_type="stream_interrupted")
+    tracing.decision("rollback", "chat", {"gateway.canary.weight": 0.0, "gateway.reason": "p99"})
+    spans = finish(tracing, exporter)
+    types: dict[str, set[type]] = {}
+    for span in spans:
+        for attributes in (span.attributes, *(event.attributes for event in span.events)):
+            for key, value in (attributes or {}).items():
+                types.setdefault(key, set()).add(type(value))
+    assert len(spans) == 6 and "gateway.hedge" in types and "gateway.content.truncated" in types
+    assert {key: kinds for key, kinds in types.items() if len(kinds) > 1} == {}
