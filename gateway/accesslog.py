@@ -212,8 +212,9 @@ class AccessLog:
 
 
 # An entry as orjson serializes fastest: a dataclass instance with a __dict__, whose attributes it writes
-# in field order. Built from a `record_values` tuple in the writer's thread, it costs a quarter of a dict
-# of the same 22 keys (a dict grows as it fills; an instance's attributes share one set of keys).
+# in field order. Built from a `record_values` tuple when a loop turn's entries are serialized, it costs
+# a quarter of a dict of the same 22 keys (a dict grows as it fills; an instance's attributes share one
+# set of keys).
 _Entry = dataclasses.make_dataclass("_Entry", FIELDS)
 
 _NEXT_ENTRY = b',{"%s":' % FIELDS[0].encode()  # between two entries of a serialized list, and nowhere else

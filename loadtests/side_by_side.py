@@ -13,7 +13,9 @@ lose with a core to itself. Measured this way, the loss of each round stays with
 the others, where the sequential `bench --paired` runs spread over 30 points.
 
 Caveat: two processes on one core switch on and off it, so both pay some cache refill per request
-that neither pays alone. That cost is added to both sides alike, so the loss shown errs low by a little, not high.
+that neither pays alone. It weighs more on the plain gateway (whose smaller working set otherwise
+stays in cache) than on a variant, so the loss shown errs low: on 2026-11-26 the observability set
+read ~15% this way and 15-20% in back-to-back pairs alone on the core (`bench --paired`).
 With `--against DIR` (a checkout of another revision: `git worktree add DIR REV`), both sides run the
 same `--features` (`plain` for none), one from DIR and one from this tree: what a change saves, with
 the noise cancelled as above. The other tree runs as `python -P -m gateway` with DIR on PYTHONPATH:
