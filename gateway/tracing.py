@@ -551,7 +551,7 @@ class _SampledRequest(RequestSpan):
         server = self._span
         span = _Span(tracing, name, _CLIENT, server.trace_id, tracing._bits(64) or 1, attributes)
         span.parent_id = server.span_id
-        span.trace_state = self._span.trace_state
+        span.trace_state = server.trace_state
         return _SampledAttempt(self, span)
 
     def event(self, name: str, attributes: Attributes | None = None) -> None:
