@@ -76,7 +76,7 @@ class _OwnPairCache(dict[tuple[str, Any], bytes]):
     """As `_PairCache`, for the gateway's own span records, by (key, value) alone: the pairs a dict's
     items() yields, looked up without a tuple built per attribute, at half the cost. Without the type
     in the key, True would find 1's encoding (they are equal) under a key that took both; none of the
-    gateway's attributes does (each of its keys has one type: tests/test_otlp.py checks it), while
+    gateway's attributes does (each of its keys has one type: tests/test_tracing.py checks it), while
     other spans' attributes, which may, go through `_PairCache`."""
 
     def __missing__(self, entry: tuple[str, Any]) -> bytes:

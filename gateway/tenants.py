@@ -8,12 +8,12 @@ Rate limits are GCRA (the generic cell rate algorithm, as in ATM networks and re
 request passes while TAT stays within 60 s of now. So N requests pass at once, the next one waits
 60/N s for a slot to free (its Retry-After), and after a quiet minute the full N are back. Unlike a
 fixed window there is no double burst at a window edge, and the state is one number per tenant.
-`tokens_per_minute` works the same with a token as the unit: `admit` checks the request's estimate
+`tokens_per_minute` works the same with a token as the unit: `check` holds the request's estimate
 against it, `settle` charges the tokens actually used (the estimate is never charged, so nothing
 needs undoing). A request estimated above the whole per-minute allowance passes only when the
 tenant's token bucket is full, then drains it.
 
-Budgets are per UTC day: `admit` refuses once the day's spend reached `usd_per_day` (Retry-After: until
+Budgets are per UTC day: `check` refuses once the day's spend reached `usd_per_day` (Retry-After: until
 midnight UTC), `settle` adds the request's cost. Concurrent requests admitted just under the budget
 may overshoot it by their own cost; that is the price of not reserving a cost that is unknown yet.
 
@@ -327,12 +327,6 @@ class Tenants:
             spent, budget = store.peek(ceiling[0]) or 0.0, ceiling[1]
             until = min(until, keys.day_ends)
         keys.lease = _Lease(slots, until, -math.inf if tokens_tat is None else tokens_tat, spent, budget)
-
-    async def admit(self, tenant: TenantState, estimated_tokens: int) -> None:
-        """`check`, awaited when it must be."""
-        pending = self.check(tenant, estimated_tokens)
-        if pending is not None:
-            await pending
 
     async def _admit_remote(
         self, tenant: TenantState, now: float, ceiling: tuple[str, float] | None, steps: tuple[RateStep, ...]
