@@ -22,7 +22,8 @@ other code) name their own resource and scope.
 retries, `OTEL_EXPORTER_OTLP_*`) with only the encoding swapped. It sends with the exporter's HTTP
 client, an internal of opentelemetry-exporter-otlp-proto-http; should a release rename it,
 `takes_records` is False, the gateway hands it `ReadableSpan`s and it falls back to the SDK's own
-export path, slower but correct.
+export path, slower but correct. Under that client it puts the SDK's urllib3 transport in place of
+requests when requests would add nothing (see `_lean_transport`).
 
 Reference: https://protobuf.dev/programming-guides/encoding/ and opentelemetry-proto's
 `opentelemetry/proto/trace/v1/trace.proto` (field numbers below).
@@ -35,6 +36,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
 from opentelemetry.sdk.resources import Resource
@@ -42,6 +44,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import TraceState
+
+try:  # opentelemetry-exporter-http-transport, which the OTLP/HTTP exporter depends on since 1.4x
+    from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+except ImportError:  # an older SDK: its exporter keeps requests
+    Urllib3HTTPTransport = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("gateway")
 
@@ -381,6 +388,7 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
         super().__init__(**settings)
         self.resource = resource
         self.scope = scope
+        self.transport = "urllib3" if _lean_transport(self) else "requests"  # what it sends with
 
     @property
     def takes_records(self) -> bool:
@@ -397,3 +405,29 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
             return SpanExportResult.FAILURE
         result = self._client.export(data)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
+
+
+def _lean_transport(exporter: OTLPSpanExporter) -> bool:
+    """Put the SDK's urllib3 transport under the exporter's retrying client, in place of requests,
+    when requests would add nothing to what it sends; whether it did.
+
+    requests works out proxies, a CA bundle and netrc credentials from the environment again on every
+    call: 500 us of CPU a 280 KB export against urllib3's 230 us here, on the core that serves the
+    requests (sampled at 10%, that made the plain gateway ~1% slower). The environment does not
+    change while the gateway runs, so this asks requests once, for the endpoint: with a proxy,
+    netrc credentials, or a session of the user's own (a credential provider's, with its own auth or
+    hooks), requests stays; its CA bundle and client certificate carry over.
+    """
+    transport = getattr(getattr(exporter, "_client", None), "_transport", None)
+    session = getattr(transport, "_session", None)
+    endpoint = getattr(exporter, "_endpoint", None)
+    if Urllib3HTTPTransport is None or type(session) is not requests.Session or not isinstance(endpoint, str):
+        return False
+    if session.auth is not None or any(session.hooks.values()) or session.proxies:
+        return False
+    settings = session.merge_environment_settings(endpoint, {}, None, None, None)
+    if settings["proxies"] or requests.utils.get_netrc_auth(endpoint) is not None:
+        return False
+    exporter._client._transport = Urllib3HTTPTransport(verify=settings["verify"], cert=settings["cert"])
+    session.close()
+    return True

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import enum
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,10 +14,12 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from gateway.otlp import ReadableRecord, SpanRecord, encode_spans
+from gateway.otlp import FastOTLPSpanExporter, ReadableRecord, SpanRecord, encode_spans
+from tests.otlp_receiver import Store, make_handler
 
 RESOURCE = Resource({"service.name": "gw", "service.version": "1.0"}, schema_url="https://schema/1")
 OTHER_RESOURCE = Resource({"service.name": "other"})
@@ -150,3 +156,77 @@ def test_a_batch_can_mix_records_and_readable_spans() -> None:
 def test_span_records_without_a_resource_are_refused() -> None:
     with pytest.raises(ValueError, match="resource"):
         encode_spans([ReadableRecord(SPANS[1])])
+
+
+# How the exporter sends: urllib3 unless requests would add something from the environment.
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NETRC")
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Store, str]]:
+    """The test receiver's handler on a loopback port in this process, and an environment without proxies."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    store = Store()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(store))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield store, f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_exporter_sends_with_urllib3_when_requests_would_add_nothing(receiver: tuple[Store, str]) -> None:
+    store, url = receiver
+    exporter = FastOTLPSpanExporter(endpoint=url, headers={"x-team": "ml-platform"}, compression=None)
+    try:
+        assert exporter.transport == "urllib3"
+        assert exporter.export([SPANS[0], SPANS[1]]) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
+    assert [span["name"] for span in store.spans] == ["span 1", "span 2"]
+    assert store.spans[0]["attributes"]["gateway.cost_usd"] == 0.00125
+    headers = store.requests[0]["headers"]
+    assert headers["content-type"] == "application/x-protobuf"
+    assert headers["x-team"] == "ml-platform"  # the exporter's own headers still go out
+    assert headers["user-agent"].startswith("OTel-OTLP-Exporter-Python/")
+
+
+def test_a_failed_export_through_urllib3_is_reported(receiver: tuple[Store, str]) -> None:
+    _, url = receiver
+    exporter = FastOTLPSpanExporter(endpoint=url.replace("/v1/traces", "/nowhere"), timeout=2)
+    try:
+        assert exporter.transport == "urllib3"
+        assert exporter.export([SPANS[1]]) is SpanExportResult.FAILURE  # a 404 is not retried
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [("HTTP_PROXY", "http://proxy.internal:3128"), ("all_proxy", "http://proxy.internal:3128")],
+)
+def test_requests_stays_when_a_proxy_applies_to_the_endpoint(
+    receiver: tuple[Store, str], monkeypatch: pytest.MonkeyPatch, variable: tuple[str, str]
+) -> None:
+    _, url = receiver
+    monkeypatch.setenv(*variable)
+    exporter = FastOTLPSpanExporter(endpoint=url)
+    assert exporter.transport == "requests"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ... and not when the endpoint bypasses the proxy
+    assert FastOTLPSpanExporter(endpoint=url).transport == "urllib3"
+
+
+def test_requests_stays_when_netrc_has_credentials_for_the_endpoint(
+    receiver: tuple[Store, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, url = receiver
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login collector password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert FastOTLPSpanExporter(endpoint=url).transport == "requests"
