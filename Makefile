@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-side-by-side bench-contracts serve clean
+.PHONY: demo test lint format bench bench-side-by-side bench-inprocess bench-contracts serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 bench-side-by-side: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.side_by_side $(BENCH_ARGS)
+
+# The data plane's own Python per request, in one process (no sockets): small costs, measured steadily.
+bench-inprocess: $(STAMP)
+	$(BIN)/python -m loadtests.inprocess $(BENCH_ARGS)
 
 bench-contracts: $(STAMP)
 	$(BIN)/python -m loadtests.contracts_bench
