@@ -7,7 +7,9 @@ protobuf runtime still cost ~32 us, most of it in creating a Python object per f
 writes the protobuf wire format itself (varints, lengths, fixed64 times): the messages involved are
 small and stable (opentelemetry-proto's trace, common and resource messages), and most attributes
 repeat from span to span (route, method, backend, server address), so each distinct key and value
-is encoded once and kept (`_PAIRS`): ~7 us for the same two spans (30 attributes). tests/test_otlp.py
+is encoded once and kept (`_PAIRS`); fixed-width fields are packed by one `struct` call per run, and
+nested messages framed by summed lengths, so a batch's bytes are copied once: ~4.5 us for the same
+two spans (30 attributes), in a batch of 512. tests/test_otlp.py
 decodes the output with opentelemetry-proto and compares it with the SDK's encoder for every kind of
 value.
 
@@ -60,6 +62,14 @@ _STATUS = [b"\x7a\x00", b"\x7a\x02\x18\x01", b"\x7a\x02\x18\x02"]  # a `Status` 
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
+# A span's fixed-width fields, each run of them packed by one call: trace id (field 1, 16 bytes) and
+# span id (field 2), both big-endian as the bytes of the ids; parent span id (field 4); start and end
+# times (fields 7 and 8, fixed64); flags (field 16, fixed32) for a local or a remote parent.
+_IDS = struct.Struct(">2sQQ2sQ").pack
+_PARENT = struct.Struct(">2sQ").pack
+_TIMES = struct.Struct("<BQBQ").pack
+_FLAGS = (b"\x85\x01" + _fixed32(_HAS_IS_REMOTE), b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE))
+_KINDS = [b"\x30" + _SMALL[kind] for kind in range(6)]  # field 6, by OTLP's numbering
 
 _MAX_PAIRS = 4096
 
@@ -113,6 +123,7 @@ def _float_pair(key: str, value: float) -> bytes:
 _PAIRS = _PairCache()
 _OWN_PAIRS = _OwnPairCache()
 _FLOAT_HEADS: dict[str, bytes] = {}  # a float attribute's encoding up to its 8 value bytes, by key
+_NAMES: dict[str, bytes] = {}  # a span name's encoded field, by name
 
 
 class SpanRecord(Protocol):
@@ -215,23 +226,26 @@ def encode_spans(
             found = by_scope[1][id(library)] = (library, [])
         return found[1]
 
+    records: list[bytes] | None = None  # the group of `resource` and `scope`, looked up once
     for span in spans:
         if isinstance(span, ReadableSpan):
             group(span.resource, span.instrumentation_scope).append(_span_field(ReadableRecord(span), _attributes))
         else:
-            group(resource, scope).append(_span_field(span, _own_attributes))
+            if records is None:
+                records = group(resource, scope)
+            records.append(_span_field(span, _own_attributes))
+    # Nested messages are framed by their lengths, summed rather than joined: the spans are copied once, at the end.
     parts: list[bytes] = []
     for owner, by_scope in groups.values():
         body = [b"\x0a", _prefixed(_attributes(b"\x0a", owner.attributes))]  # ResourceSpans.resource
         for library, encoded in by_scope.values():
-            scope_spans = [b"\x0a", _prefixed(_scope(library))]  # ScopeSpans.scope
-            scope_spans += encoded  # each one a framed ScopeSpans.spans field
+            scope_spans = [b"\x0a", _prefixed(_scope(library)), *encoded]  # ScopeSpans.scope, then its spans
             if library is not None and library.schema_url:
                 scope_spans += (b"\x1a", _prefixed(library.schema_url.encode()))
-            body += (b"\x12", _prefixed(b"".join(scope_spans)))  # ResourceSpans.scope_spans
+            body += (b"\x12", _varint(sum(map(len, scope_spans))), *scope_spans)  # ResourceSpans.scope_spans
         if owner.schema_url:
             body += (b"\x1a", _prefixed(owner.schema_url.encode()))
-        parts += (b"\x0a", _prefixed(b"".join(body)))  # ExportTraceServiceRequest.resource_spans
+        parts += (b"\x0a", _varint(sum(map(len, body))), *body)  # ExportTraceServiceRequest.resource_spans
     return b"".join(parts)
 
 
@@ -247,28 +261,37 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
 
 
 def _span_field(span: SpanRecord, attributes: _AttributesEncoder) -> bytes:
-    return b"\x12" + _prefixed(_span(span, attributes))  # ScopeSpans.spans
+    body = _span(span, attributes)
+    size = len(body)
+    return b"\x12" + (_SMALL[size] if size < 128 else _varint(size)) + body  # ScopeSpans.spans
 
 
 def _span(span: SpanRecord, encode_attributes: _AttributesEncoder) -> bytes:
     """A `Span` message's body, its fields in field-number order as protobuf runtimes write them."""
-    parts = [b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big")]
+    trace_id = span.trace_id
+    parts = [_IDS(b"\x0a\x10", trace_id >> 64, trace_id & _MASK64, b"\x12\x08", span.span_id)]
     trace_state = span.trace_state
     if trace_state:
         state = ",".join(f"{key}={value}" for key, value in trace_state.items())
         parts += (b"\x1a", _prefixed(state.encode()))
-    flags = _HAS_IS_REMOTE
+    remote = False
     if span.parent_id:
-        parts += (b"\x22\x08", span.parent_id.to_bytes(8, "big"))
-        if span.parent_remote:
-            flags |= _IS_REMOTE
-    if span.name:
-        parts += (b"\x2a", _prefixed(span.name.encode()))
-    parts += (b"\x30", _SMALL[span.kind])
-    if span.start_time:
-        parts += (b"\x39", _fixed64(span.start_time))
-    if span.end_time:
-        parts += (b"\x41", _fixed64(span.end_time))
+        parts.append(_PARENT(b"\x22\x08", span.parent_id))
+        remote = span.parent_remote
+    name = span.name
+    if name:
+        field = _NAMES.get(name)
+        parts.append(field if field is not None else _name_field(name))
+    kind = span.kind
+    parts.append(_KINDS[kind] if kind < 6 else b"\x30" + _varint(kind))
+    start, end = span.start_time, span.end_time
+    if start and end:
+        parts.append(_TIMES(0x39, start, 0x41, end))
+    else:
+        if start:
+            parts += (b"\x39", _fixed64(start))
+        if end:
+            parts += (b"\x41", _fixed64(end))
     parts.append(encode_attributes(b"\x4a", span.attributes))
     if span.dropped_attributes:
         parts += (b"\x50", _varint(span.dropped_attributes))
@@ -296,8 +319,16 @@ def _span(span: SpanRecord, encode_attributes: _AttributesEncoder) -> bytes:
         parts += (b"\x7a", _prefixed(b"".join(status)))  # always sent, UNSET included, as the SDK does
     else:
         parts.append(_STATUS[code])
-    parts += (b"\x85\x01", _fixed32(flags))  # field 16, fixed32
+    parts.append(_FLAGS[remote])
     return b"".join(parts)
+
+
+def _name_field(name: str) -> bytes:
+    """A span name's field (5), kept: a gateway's span names are its methods and routes."""
+    field = b"\x2a" + _prefixed(name.encode())
+    if len(_NAMES) < _MAX_PAIRS:
+        _NAMES[name] = field
+    return field
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -370,6 +401,8 @@ def _prefixed(body: bytes) -> bytes:
 def _varint(n: int) -> bytes:
     if n < 128:
         return _SMALL[n]
+    if n < 16384:  # two bytes: a span's length, most often
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)
