@@ -193,14 +193,13 @@ class AccessLog:
 
     def _write(self, chunks: list[bytes]) -> None:
         """Runs in a worker thread."""
-        text = b"\n".join(chunks)
         if self.path is None:  # one record per batch: the logger's cost is per call, not per line
-            self._logger.info(text.decode())
+            self._logger.info(b"\n".join(chunks).decode())
         else:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("ab")
-            self._file.write(text + b"\n")
+            self._file.write(b"\n".join([*chunks, b""]))  # the last line's newline too, without another copy
             self._file.flush()
 
     def __repr__(self) -> str:
