@@ -449,7 +449,7 @@ def _lean_transport(exporter: OTLPSpanExporter) -> bool:
     requests (sampled at 10%, that made the plain gateway ~1% slower). The environment does not
     change while the gateway runs, so this asks requests once, for the endpoint: with a proxy,
     netrc credentials, or a session of the user's own (a credential provider's, with its own auth or
-    hooks), requests stays; its CA bundle and client certificate carry over.
+    hooks), requests stays; the CA bundle it would verify with and the client certificate carry over.
     """
     transport = getattr(getattr(exporter, "_client", None), "_transport", None)
     session = getattr(transport, "_session", None)
@@ -461,6 +461,9 @@ def _lean_transport(exporter: OTLPSpanExporter) -> bool:
     settings = session.merge_environment_settings(endpoint, {}, None, None, None)
     if settings["proxies"] or requests.utils.get_netrc_auth(endpoint) is not None:
         return False
-    exporter._client._transport = Urllib3HTTPTransport(verify=settings["verify"], cert=settings["cert"])
+    verify = settings["verify"]
+    if verify is True:  # requests' own CA bundle (certifi's), not the system's, which urllib3 would use
+        verify = requests.utils.DEFAULT_CA_BUNDLE_PATH
+    exporter._client._transport = Urllib3HTTPTransport(verify=verify, cert=settings["cert"])
     session.close()
     return True

@@ -230,3 +230,28 @@ def test_requests_stays_when_netrc_has_credentials_for_the_endpoint(
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     assert FastOTLPSpanExporter(endpoint=url).transport == "requests"
+
+
+@pytest.mark.parametrize("bundle", [None, "/etc/ssl/collector-ca.pem"])
+def test_urllib3_verifies_with_the_ca_bundle_requests_would_use(
+    receiver: tuple[Store, str], monkeypatch: pytest.MonkeyPatch, bundle: str | None
+) -> None:
+    import requests.utils
+
+    import gateway.otlp
+
+    _, url = receiver
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    if bundle is not None:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    given: dict[str, Any] = {}
+
+    class Recorded:
+        def __init__(self, **settings: Any) -> None:
+            given.update(settings)
+
+    monkeypatch.setattr(gateway.otlp, "Urllib3HTTPTransport", Recorded)
+    exporter = FastOTLPSpanExporter(endpoint=url.replace("http://", "https://"))
+    assert exporter.transport == "urllib3"
+    assert given == {"verify": bundle or requests.utils.DEFAULT_CA_BUNDLE_PATH, "cert": None}
