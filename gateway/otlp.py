@@ -446,7 +446,7 @@ def _lean_transport(exporter: OTLPSpanExporter) -> bool:
 
     requests works out proxies, a CA bundle and netrc credentials from the environment again on every
     call: 500 us of CPU a 280 KB export against urllib3's 230 us here, on the core that serves the
-    requests (sampled at 10%, that made the plain gateway ~1% slower). The environment does not
+    requests (with traces sampled at 10%, ~0.5 us a request in process). The environment does not
     change while the gateway runs, so this asks requests once, for the endpoint: with a proxy,
     netrc credentials, or a session of the user's own (a credential provider's, with its own auth or
     hooks), requests stays; the CA bundle it would verify with and the client certificate carry over.
