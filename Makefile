@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-side-by-side bench-inprocess bench-contracts serve clean
+.PHONY: demo test lint format bench bench-side-by-side bench-inprocess bench-instructions bench-contracts serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench-side-by-side: $(STAMP)
 # The data plane's own Python per request, in one process (no sockets): small costs, measured steadily.
 bench-inprocess: $(STAMP)
 	$(BIN)/python -m loadtests.inprocess $(BENCH_ARGS)
+
+# The same, counted in instructions under valgrind (Debian; installed when missing): the same each run.
+bench-instructions: $(STAMP)
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(BIN)/python -m loadtests.inprocess --instructions --rounds 1 $(BENCH_ARGS)
 
 bench-contracts: $(STAMP)
 	$(BIN)/python -m loadtests.contracts_bench

@@ -3,6 +3,7 @@
     python -m loadtests.inprocess                                   # plain and observability, 3 rounds
     python -m loadtests.inprocess --features tenant traces access_log
     python -m loadtests.inprocess --against /tmp/base --features observability
+    python -m loadtests.inprocess --instructions --rounds 1 --against /tmp/base   # counted, not timed
 
 Why. The wrk benchmarks measure what a user gets, but a feature's cost there is a few microseconds in
 ~80 of uvicorn, uvloop and loopback TCP, under the VM's swings; this measures only the gateway's
@@ -19,15 +20,28 @@ encoding and sending are part of the cost). Requests go 64 to an event-loop turn
 serializes per turn; after-response work runs between turns), after 2,000 to warm up, with the
 garbage collector frozen and thresholded as `gateway serve` sets it. Concurrency is one request
 at a time, so this is the per-request work, not what contention adds.
+
+`--instructions`: when the host is too noisy for microseconds (on 2026-11-26 one feature set read
+88 to 126 us across three children), each reading instead counts the instructions the child
+executes, under valgrind's cachegrind, in two children serving 1,024 and 5,120 requests after the
+same warm-up; the difference over 4,096 is the instructions a request, start-up and shutdown
+cancelled out. The `random` module is seeded in the child, so the same requests are sampled for
+traces, and a reading repeats within ~0.1%. It counts user-space instructions of every thread
+(the exporter's included), not time: system calls, cache misses and the GIL's hand-offs are not in
+it, and batching driven by the clock (tenant settlement every 50 ms, the access log's flush) comes
+~50x more often per request under valgrind. Use it to compare trees; time still decides.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import os
+import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +59,7 @@ HERE = Path(__file__).resolve().parents[1]
 CPU = 0
 BATCH = 64  # requests to an event-loop turn
 ROUNDS_OF = 7  # timed batches of requests in one child; its reading is their median
+COUNTED = (1024, 5120)  # requests after the warm-up in the two children whose instructions are counted
 ANSWER = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -82,8 +98,13 @@ class _Upstream:
         pass
 
 
-async def _measure(path: Path, requests: int) -> float:
-    """us of the data plane a request (the median of ROUNDS_OF timed batches), in this process."""
+async def _measure(path: Path, requests: int, *, counting: bool = False) -> float:
+    """us of the data plane a request (the median of ROUNDS_OF timed batches), in this process.
+
+    `counting`: one untimed batch, for valgrind to count instructions; the `random` module is seeded, so
+    that the same requests are sampled for traces in every run."""
+    if counting:
+        random.seed(0)
     from gateway.loader import load_config
     from gateway.proxy import DataPlane
     from gateway.runtime import RuntimeHolder, Shared
@@ -132,6 +153,10 @@ async def _measure(path: Path, requests: int) -> float:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    if counting:
+        for _ in range(requests // BATCH):
+            await turn()
+        return 0.0
     readings = []
     for _ in range(ROUNDS_OF):
         started = time.perf_counter()
@@ -141,28 +166,52 @@ async def _measure(path: Path, requests: int) -> float:
     return statistics.median(readings)
 
 
-def _reading(tree: Path | None, features: str, requests: int, otlp: str, work: Path) -> float:
-    """One fresh child's us a request, with the gateway package from `tree` (None: this one). The config
-    (and the access log beside it) is this tree's, in a directory of its own, removed after."""
+def _reading(tree: Path | None, features: str, requests: int, otlp: str, work: Path, counting: bool) -> float:
+    """One fresh child's us a request, with the gateway package from `tree` (None: this one); `counting`:
+    instructions a request instead, from two children under valgrind. The config (and the access log
+    beside it) is this tree's, in a directory of its own, removed after."""
     directory = Path(tempfile.mkdtemp(prefix="reading-", dir=work))
     try:
         config = gateway_config("http://127.0.0.1:9", "h1", directory, features, otlp)
-        return _run_child(tree, config, requests)
+        if not counting:
+            return _run_child(tree, config, requests)
+        # Two runs that differ only in how many requests they serve: start-up and shutdown cancel out.
+        # They run at once, one to a core: valgrind runs a child's threads one at a time anyway.
+        with ThreadPoolExecutor(2) as pool:
+            few, more = pool.map(functools.partial(_count_instructions, tree, config), COUNTED)
+        return (more - few) / (COUNTED[1] - COUNTED[0])
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run_child(tree: Path | None, config: Path, requests: int) -> float:
+def _child_argv(config: Path, requests: int, *more: str) -> list[str]:
     # This file runs as a script, not with -m: `tree` comes first on the path, and may have no such module.
-    argv = [PYTHON, "-P", __file__, "--child", str(config), "--requests", str(requests)]
-    if shutil.which("setarch"):
-        argv = ["setarch", "-R", *argv]
-    argv = ["taskset", "-c", str(CPU), *argv]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(str(p) for p in (tree, HERE) if p)}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    argv = [PYTHON, "-P", __file__, "--child", str(config), "--requests", str(requests), *more]
+    return ["setarch", "-R", *argv] if shutil.which("setarch") else argv
+
+
+def _child_env(tree: Path | None) -> dict[str, str]:
+    return {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(str(p) for p in (tree, HERE) if p)}
+
+
+def _run_child(tree: Path | None, config: Path, requests: int) -> float:
+    argv = ["taskset", "-c", str(CPU), *_child_argv(config, requests)]
+    done = subprocess.run(argv, env=_child_env(tree), capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} failed: {done.stderr.strip()[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def _count_instructions(tree: Path | None, config: Path, requests: int) -> int:
+    """The instructions a child executes in user space, all its threads together (valgrind's cachegrind)."""
+    valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    argv = _child_argv(config, requests, "--count")
+    argv = [*argv[:2], *valgrind, *argv[2:]] if argv[0] == "setarch" else [*valgrind, *argv]
+    done = subprocess.run(argv, env=_child_env(tree), capture_output=True, text=True, timeout=1800, check=False)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise BenchError(f"{' '.join(argv)} failed: {done.stderr.strip()[-2000:]}")
+    return int(found.group(1).replace(",", ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,13 +225,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout, run alongside this tree")
     parser.add_argument("--rounds", type=int, default=3, help="children per side (default: 3)")
     parser.add_argument("--requests", type=int, default=20_000, help="requests per timed batch (default: 20,000)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions a request under valgrind instead of timing (deterministic: one round is enough)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # a config: measure it in this process
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)  # the child runs under valgrind
     args = parser.parse_args(argv)
     if args.child is not None:
         import uvloop
 
-        print(f"{uvloop.run(_measure(args.child, args.requests)):.3f}", flush=True)
+        print(f"{uvloop.run(_measure(args.child, args.requests, counting=args.count)):.3f}", flush=True)
         return 0
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind (Debian: apt-get install valgrind; make bench-instructions does)")
     known = {"plain", "observability", "full", *PARTS}
     if unknown := [f for f in args.features if f not in known]:
         parser.error(f"unknown feature sets: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -199,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for number in range(1, args.rounds + 1):
                 for features in args.features:
                     for tree, name in sides:
-                        value = _reading(tree, "" if features == "plain" else features, args.requests, otlp, work)
+                        value = _reading(
+                            tree, "" if features == "plain" else features, args.requests, otlp, work, args.instructions
+                        )
                         results.setdefault((features, name), []).append(value)
                 print(f"round {number} of {args.rounds} done", flush=True)
         except BenchError as exc:
@@ -208,17 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             services.stop_all()
     plain = {name: statistics.median(results[("plain", name)]) for _, name in sides if ("plain", name) in results}
-    print(f"\n{'feature set':<16}{'tree':<24}{'us/request':>11}{'over plain':>12}   rounds")
+    unit, digits = ("instructions", 0) if args.instructions else ("us", 2)
+    print(f"\n{'feature set':<16}{'tree':<24}{unit + '/request':>20}{'over plain':>12}   rounds")
     for (features, name), values in results.items():
         median = statistics.median(values)
-        over = f"{median - plain[name]:+.2f}" if name in plain and features != "plain" else ""
-        each = ", ".join(f"{v:.2f}" for v in values)
-        print(f"{features:<16}{name:<24}{median:>11.2f}{over:>12}   {each}")
+        over = f"{median - plain[name]:+,.{digits}f}" if name in plain and features != "plain" else ""
+        each = ", ".join(f"{v:,.{digits}f}" for v in values)
+        print(f"{features:<16}{name:<24}{median:>20,.{digits}f}{over:>12}   {each}")
     if args.against is not None:
         for features in args.features:
             before = statistics.median(results[(features, str(args.against))])
             after = statistics.median(results[(features, "this tree")])
-            print(f"{features}: this tree {after - before:+.2f} us a request against {args.against}")
+            change = f"{after - before:+,.{digits}f} {unit} ({(after - before) / before:+.2%})"
+            print(f"{features}: this tree {change} a request against {args.against}")
     parts = ", ".join(sorted(OBSERVABILITY))
     print(f"(observability = {parts})")
     return 0
