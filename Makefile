@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-side-by-side bench-inprocess bench-instructions bench-contracts serve clean
+.PHONY: demo test lint format bench bench-side-by-side bench-inprocess bench-instructions bench-counted bench-contracts serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench-inprocess: $(STAMP)
 bench-instructions: $(STAMP)
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(BIN)/python -m loadtests.inprocess --instructions --rounds 1 $(BENCH_ARGS)
+
+# The whole `gateway serve` process under wrk, counted under valgrind: the loss its instructions predict.
+bench-counted: $(STAMP)
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.counted $(BENCH_ARGS)
 
 bench-contracts: $(STAMP)
 	$(BIN)/python -m loadtests.contracts_bench

@@ -275,12 +275,15 @@ class Services:
         self._logs = logs
         self._running: list[Service] = []
 
-    def start(self, name: str, argv: list[str], cpu: int | None, timeout_s: float = 30.0) -> Service:
+    def start(
+        self, name: str, argv: list[str], cpu: int | None, timeout_s: float = 30.0, env: dict[str, str] | None = None
+    ) -> Service:
+        """`env`: variables added to this process's environment for the child."""
         log = self._logs / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 _pinned(argv, cpu), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=ROOT,
+                start_new_session=True, cwd=ROOT, env={**os.environ, **env} if env else None,
             )  # fmt: skip
         service = Service(name, process, "", log)
         self._running.append(service)
