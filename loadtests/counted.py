@@ -4,11 +4,11 @@
     python -m loadtests.counted --features plain tenant traces
     python -m loadtests.counted --against /tmp/base --features plain observability
 
-Why. `side_by_side` times the gateway under wrk and `inprocess` counts the data plane's Python
-alone; this counts everything the gateway process runs in user space for a request (uvicorn,
-httptools, the upstream client, the data plane, the exporter's and the access log's threads), so
-the ratio of two feature sets predicts the throughput loss without the host's noise: two runs of
-the plain gateway on 2026-11-26 read 498.9k and 497.0k instructions a request.
+Why. `side_by_side` times the gateway under wrk and `inprocess` measures the data plane alone;
+this counts everything the gateway process runs in user space for a request (uvicorn, httptools,
+the upstream client, the data plane, the exporter's and the access log's threads), so the ratio of
+two feature sets predicts the throughput loss without the host's noise: four runs of the plain
+gateway on 2026-11-26/27 read 497.0k to 498.9k instructions a request.
 
 How. Each gateway runs under `valgrind --tool=callgrind`; wrk (one thread, 16 connections) warms it
 up, the counters are zeroed (`callgrind_control -z`), wrk runs again, and the counters are dumped
@@ -16,10 +16,12 @@ up, the counters are zeroed (`callgrind_control -z`), wrk runs again, and the co
 the demo model server, and traces go to the test OTLP receiver; neither is counted.
 
 Caveats. Not time: system calls (the sockets, the access log's writes), cache misses and the GIL's
-hand-offs are not in it; the loss it predicts was 2-4 points under the one measured side by side
-in the sessions that had both. Under valgrind the gateway runs ~100x slower while its timers keep
-wall time, so work done every N ms (tenant settlement every 50 ms, the access log's flush, span
-batches) is counted over fewer requests than at full speed: periodic work is overstated.
+hand-offs are not in it. In the sessions that had both, the loss it predicted was 2-5 points below
+the one timed under wrk on a quiet host, and 1.7 points above it on a host whose system calls were
+slow (13.8% counted, 12.0% side by side, 2026-11-27). Under valgrind the gateway runs ~100x slower
+while its timers keep wall time, so work done every N ms (tenant settlement every 50 ms, the access
+log's flush, span batches) is counted over fewer requests than at full speed: periodic work is
+overstated.
 """
 
 from __future__ import annotations
