@@ -187,7 +187,7 @@ def test_hedge_wins_and_the_loser_is_cancelled(demos: Demos, gateway_factory: Ga
     assert response.status_code == 200
     assert response.headers["x-gateway-backend"] == "v1"
     assert response.headers["x-gateway-attempts"] == "2"
-    assert elapsed < 0.5  # did not wait for the slow canary
+    assert elapsed < 1.0  # did not wait out the slow canary's 1.5 s (a margin for slow hosts)
     assert v1.stats()["total"] == 1
 
 
