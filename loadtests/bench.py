@@ -415,6 +415,32 @@ def parts_of(features: str) -> set[str]:
     return set(OBSERVABILITY) if features == "observability" else {features}
 
 
+FEATURE_SETS = ("plain", "observability", "full", *PARTS)  # what the per-request harnesses take
+Side = tuple[Path | None, str]  # a tree to take the gateway from (None: this one) and its name in results
+
+
+def add_feature_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--features` (plain and observability by default) and `--against DIR`, for inprocess and counted."""
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        default=["plain", "observability"],
+        help="feature sets: plain, observability, full or one of " + ", ".join(PARTS),
+    )
+    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout, measured alongside this tree")
+
+
+def feature_set_sides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Side]:
+    """The trees to measure, after checking `--features` and `--against` (exits with usage on an error)."""
+    if unknown := [f for f in args.features if f not in FEATURE_SETS]:
+        parser.error(f"unknown feature sets: {', '.join(unknown)} (known: {', '.join(FEATURE_SETS)})")
+    if args.against is None:
+        return [(None, "this tree")]
+    if not (args.against / "gateway" / "__init__.py").is_file():
+        parser.error(f"--against {args.against}: no gateway package there")
+    return [(args.against, str(args.against)), (None, "this tree")]
+
+
 def gateway_config(upstream: str, client: str, directory: Path, features: str = "", otlp: str | None = None) -> Path:
     route: dict[str, Any] = {"name": "chat", "match": {"path": PATH}, "backends": [{"name": "v1", "url": upstream}]}
     config: dict[str, Any] = {

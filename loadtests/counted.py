@@ -41,13 +41,14 @@ from loadtests.bench import (
     BODY,
     LUA,
     OBSERVABILITY,
-    PARTS,
     PATH,
     PYTHON,
     ROOT,
     BenchError,
     Load,
     Services,
+    add_feature_set_arguments,
+    feature_set_sides,
     gateway_config,
     parts_of,
     run_wrk,
@@ -95,25 +96,14 @@ def _control(option: str, pid: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--features",
-        nargs="+",
-        default=["plain", "observability"],
-        help="feature sets: plain, observability, full or one of " + ", ".join(PARTS),
-    )
-    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout, counted alongside this tree")
+    add_feature_set_arguments(parser)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of counted load (default: 30)")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of load before counting (default: 15)")
     args = parser.parse_args(argv)
-    known = {"plain", "observability", "full", *PARTS}
-    if unknown := [f for f in args.features if f not in known]:
-        parser.error(f"unknown feature sets: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    if args.against is not None and not (args.against / "gateway" / "__init__.py").is_file():
-        parser.error(f"--against {args.against}: no gateway package there")
     missing = [tool for tool in ("valgrind", "callgrind_control", "wrk") if shutil.which(tool) is None]
     if missing:
         parser.error(f"needs {', '.join(missing)} (Debian: apt-get install valgrind wrk; make bench-counted does)")
-    sides = [(None, "this tree")] if args.against is None else [(args.against, str(args.against)), (None, "this tree")]
+    sides = feature_set_sides(parser, args)
     results: dict[tuple[str, str], tuple[float, int]] = {}
     with tempfile.TemporaryDirectory(prefix="gateway-counted-") as tmp:
         work = Path(tmp)

@@ -53,7 +53,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench import BODY, OBSERVABILITY, PARTS, PATH, PYTHON, BenchError, Services, gateway_config
+from loadtests.bench import (
+    BODY,
+    OBSERVABILITY,
+    PATH,
+    PYTHON,
+    BenchError,
+    Services,
+    add_feature_set_arguments,
+    feature_set_sides,
+    gateway_config,
+)
 
 HERE = Path(__file__).resolve().parents[1]
 CPU = 0
@@ -216,13 +226,7 @@ def _count_instructions(tree: Path | None, config: Path, requests: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--features",
-        nargs="+",
-        default=["plain", "observability"],
-        help="feature sets: plain, observability, full or one of " + ", ".join(PARTS),
-    )
-    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout, run alongside this tree")
+    add_feature_set_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3, help="children per side (default: 3)")
     parser.add_argument("--requests", type=int, default=20_000, help="requests per timed batch (default: 20,000)")
     parser.add_argument(
@@ -240,12 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.instructions and shutil.which("valgrind") is None:
         parser.error("--instructions needs valgrind (Debian: apt-get install valgrind; make bench-instructions does)")
-    known = {"plain", "observability", "full", *PARTS}
-    if unknown := [f for f in args.features if f not in known]:
-        parser.error(f"unknown feature sets: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    if args.against is not None and not (args.against / "gateway" / "__init__.py").is_file():
-        parser.error(f"--against {args.against}: no gateway package there")
-    sides = [(None, "this tree")] if args.against is None else [(args.against, str(args.against)), (None, "this tree")]
+    sides = feature_set_sides(parser, args)
     with tempfile.TemporaryDirectory(prefix="gateway-inprocess-") as tmp:
         work = Path(tmp)
         services = Services(work)
