@@ -221,7 +221,8 @@ _Entry = dataclasses.make_dataclass("_Entry", FIELDS)
 def _batch_text(entries: list[tuple[Any, ...]]) -> bytes | None:
     """`record_values` tuples as JSON lines, one orjson call each, driven from C (`map`): 1.3k instructions
     an entry fewer than one call for the whole list cut into lines, in batches of six. None when a value
-    cannot be serialized (or a tuple has too few or too many): `_each_line` then goes entry by entry."""
+    is not one orjson writes natively (or a tuple has too few or too many): `_each_line` then goes entry
+    by entry, writing such values with `str` and leaving out what still fails."""
     try:
         return b"\n".join(map(orjson.dumps, starmap(_Entry, entries)))
     except Exception:
